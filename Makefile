@@ -1,0 +1,62 @@
+# facegen — every command a developer or CI needs. Each target installs what it uses.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKER_VENV := .venv-worker
+WORKER_DIR := services/faceswap_worker
+MODELS_DIR := models
+BUF_VERSION := 1.75.0
+PROTO_FILES := $(wildcard protos/facegen/v1/*.proto)
+
+.PHONY: setup venv worker-venv models protos lint test test-fast demo bench clean
+
+setup: venv worker-venv models
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The face-swap worker has its own environment: mediapipe 0.10.x needs
+# protobuf < 5 and numpy < 2, which the rest of the project has outgrown.
+worker-venv: $(WORKER_VENV)/.installed
+$(WORKER_VENV)/.installed: $(WORKER_DIR)/requirements.txt
+	$(PYTHON) -m venv $(WORKER_VENV)
+	$(WORKER_VENV)/bin/pip install -q --disable-pip-version-check -r $(WORKER_DIR)/requirements.txt
+	touch $@
+
+# Tiny randomly initialised pipelines, saved with save_pretrained and loaded
+# by the generator through the same from_pretrained path as real checkpoints.
+models: $(MODELS_DIR)/.built
+$(MODELS_DIR)/.built: $(VENV)/.installed services/generator/tiny_models.py
+	HF_HUB_OFFLINE=1 $(PY) -m services.generator.tiny_models $(MODELS_DIR)
+	touch $@
+
+protos: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos \
+		--pyi_out=protos $(PROTO_FILES)
+
+.tools/node_modules/.bin/buf:
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+lint: $(VENV)/.installed .tools/node_modules/.bin/buf
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy services
+	.tools/node_modules/.bin/buf lint
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) -m services.stack demo
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/gateway.py
+	HF_HUB_OFFLINE=1 $(PY) bench/generator.py
+	HF_HUB_OFFLINE=1 $(PY) bench/swapper.py
+	HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python bench/faceswap.py
+
+clean:
+	rm -rf $(VENV) $(WORKER_VENV) .tools $(MODELS_DIR) out run

@@ -1,0 +1,1 @@
+"""Code shared by every facegen service: settings, logging, errors, server and channels."""

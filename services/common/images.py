@@ -1,0 +1,120 @@
+"""Checking untrusted image bytes before anything else touches them.
+
+Every image that enters the system (reference faces, target photos, results
+returned by a face-swap worker) goes through ``inspect_image``: the format is
+one we accept, the byte size, side lengths and pixel count are within limits
+(checked from the header, before decoding, so a decompression bomb is refused
+without allocating it), and the whole image decodes (so a truncated file is
+refused). ``sanitize`` then applies the EXIF orientation and re-encodes the
+pixels alone, which drops EXIF/GPS and every other piece of metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from services.common.errors import InvalidInput
+
+MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+EXTENSION_BY_MIME = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Size limits for one kind of image."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_side: int = 12_000
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``inspect_image`` learned about valid image bytes."""
+
+    format: str
+    mime: str
+    width: int
+    height: int
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The MIME type the magic bytes say, for the formats we accept; None otherwise."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def inspect_image(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+    """Validates ``data`` as a complete JPEG/PNG/WebP within ``limits``.
+
+    Raises InvalidInput naming ``field`` and the rule that was broken.
+    """
+    if not data:
+        raise InvalidInput(f"{field} is empty")
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(
+            f"{field} is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes")
+    if sniff_mime(data) is None:
+        raise InvalidInput(f"{field} is not a JPEG, PNG or WebP image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format or ""
+                width, height = image.size
+                _check_dimensions(field, width, height, limits)
+                image.load()
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(
+            f"{field} decompresses to too many pixels; the limit is "
+            f"{limits.max_pixels:,} pixels") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+        raise InvalidInput(f"{field} is truncated or corrupt and cannot be decoded") from None
+    if fmt not in MIME_BY_FORMAT:
+        raise InvalidInput(f"{field} is {fmt or 'an unknown format'}; allowed: JPEG, PNG, WebP")
+    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height)
+
+
+def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"{field} has no pixels")
+    if width > limits.max_side or height > limits.max_side:
+        raise InvalidInput(
+            f"{field} is {width}x{height}; each side must be at most {limits.max_side}")
+    if width * height > limits.max_pixels:
+        raise InvalidInput(
+            f"{field} is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {limits.max_pixels:,} pixels")
+
+
+def sanitize(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> tuple[bytes, ImageInfo]:
+    """Validates ``data``, applies its EXIF orientation and re-encodes it without metadata.
+
+    The format is kept (JPEG stays JPEG at quality 95, PNG and WebP stay
+    lossless where they were). Returns the clean bytes and their info.
+    """
+    info = inspect_image(data, field, limits)
+    with Image.open(io.BytesIO(data)) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode not in ("RGB", "RGBA", "L"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        out = io.BytesIO()
+        if info.format == "JPEG":
+            image.convert("RGB").save(out, "JPEG", quality=95)
+        elif info.format == "PNG":
+            image.save(out, "PNG")
+        else:
+            image.save(out, "WEBP", lossless=True)
+    clean = out.getvalue()
+    return clean, ImageInfo(info.format, info.mime, image.width, image.height)
