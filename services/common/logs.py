@@ -37,9 +37,21 @@ class _Formatter(logging.Formatter):
         return line.replace("\n", " | ")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of the record (it may be replaced)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Sends every log record to stdout, one line each, tagged with service and job id."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.addFilter(_JobIdFilter())
     handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {service} job=%(job_id)s %(message)s"))
     root = logging.getLogger()
