@@ -1,0 +1,1 @@
+"""The `facegen` command-line client of the gateway."""

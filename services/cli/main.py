@@ -1,0 +1,259 @@
+"""`facegen`: run, submit, watch, get, cancel, models, health, doctor.
+
+Exit codes tell outcomes apart for scripts:
+0 every image has the face swapped · 3 completed, but at least one image fell
+back to the plain image · 4 the job failed · 5 the job was cancelled ·
+2 the request was rejected (bad input) · 1 the gateway could not be reached
+or another error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import grpc
+import requests
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from facegen.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.cli.progress import ProgressView, describe_result, event_json
+from services.common.config import MAX_MESSAGE_BYTES
+from services.common.images import EXTENSION_BY_MIME
+from services.common.server import message_size_options
+
+EXIT_OK, EXIT_ERROR, EXIT_REJECTED, EXIT_FALLBACK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
+DOWNLOAD_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facegen", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gateway", default=os.environ.get("FACEGEN_GATEWAY", "127.0.0.1:50051"),
+                        help="gateway address (env FACEGEN_GATEWAY)")
+    parser.add_argument("--token", default=os.environ.get("FACEGEN_TOKEN"),
+                        help="bearer token, when the gateway requires one (env FACEGEN_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (("run", "submit a job and follow it to the end"),
+                       ("submit", "submit a job and print its id")):
+        job = commands.add_parser(name, help=text)
+        _job_arguments(job)
+        if name == "run":
+            _output_arguments(job)
+    watch = commands.add_parser("watch", help="follow a job (replays what was missed)")
+    watch.add_argument("job_id")
+    watch.add_argument("--after", type=int, default=0, help="replay events after this sequence number")
+    _output_arguments(watch)
+    for name, text in (("get", "show a job's state and result"), ("cancel", "cancel a job")):
+        commands.add_parser(name, help=text).add_argument("job_id")
+    commands.add_parser("models", help="list the generator's models")
+    commands.add_parser("health", help="check that the gateway is serving")
+    commands.add_parser("doctor", help="check storage and the RunPod endpoint with a real swap")
+    return parser
+
+
+def _job_arguments(job: argparse.ArgumentParser) -> None:
+    job.add_argument("--prompt", default="", help="what to generate (1–2,000 characters)")
+    job.add_argument("--negative-prompt", default="")
+    job.add_argument("--model", default="")
+    job.add_argument("--width", type=int, default=0)
+    job.add_argument("--height", type=int, default=0)
+    job.add_argument("--steps", type=int, default=0)
+    job.add_argument("--guidance", type=float)
+    job.add_argument("--seed", type=int, help="-1 or omitted: random")
+    job.add_argument("--images", type=int, default=1, help="1–4")
+    job.add_argument("--lora", help="NAME or NAME:WEIGHT")
+    reference = job.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--reference", type=Path, help="photo of the face (JPEG, PNG or WebP)")
+    reference.add_argument("--reference-key", help="storage key of a reference from an earlier job")
+    job.add_argument("--target", type=Path, help="template mode: put the face onto this photo")
+    job.add_argument("--mouth-mask", action="store_true", help="keep the target's own mouth")
+    job.add_argument("--enhance", action="store_true", help="run the face enhancer")
+    job.add_argument("--many-faces", action="store_true", help="swap every face in the target")
+    job.add_argument("--idempotency-key", default="")
+    job.add_argument("--preview-every", type=int, default=0)
+
+
+def _output_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--out", type=Path, default=Path("out"), help="where to write the images")
+    command.add_argument("--no-download", action="store_true", help="print URLs only")
+
+
+def build_request(args: argparse.Namespace) -> gateway_pb2.JobRequest:
+    """The JobRequest the command-line arguments describe."""
+    request = gateway_pb2.JobRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, width=args.width,
+        height=args.height, steps=args.steps, num_images=args.images, idempotency_key=args.idempotency_key,
+        preview_every=args.preview_every,
+        swap_options=common_pb2.SwapOptions(mouth_mask=args.mouth_mask, use_face_enhancer=args.enhance,
+                                            many_faces=args.many_faces))
+    if args.guidance is not None:
+        request.guidance_scale = args.guidance
+    if args.seed is not None:
+        request.seed = args.seed
+    if args.lora:
+        name, _, weight = args.lora.partition(":")
+        request.lora.name = name
+        request.lora.weight = float(weight) if weight else 1.0
+    if args.reference is not None:
+        request.reference_image = args.reference.read_bytes()
+    else:
+        request.reference_key = args.reference_key
+    if args.target is not None:
+        request.target_image = args.target.read_bytes()
+    return request
+
+
+class Client:
+    """A blocking gateway client with the optional bearer token on every call."""
+
+    def __init__(self, address: str, token: str | None) -> None:
+        self.channel = grpc.insecure_channel(address, options=message_size_options(MAX_MESSAGE_BYTES))
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.channel.close()
+
+
+def follow(events: Iterable[gateway_pb2.JobEvent], as_json: bool) -> gateway_pb2.JobEvent | None:
+    """Shows every event; returns the terminal one (None if the stream ended without it)."""
+    view = None if as_json else ProgressView()
+    terminal = None
+    try:
+        for event in events:
+            if as_json:
+                print(event_json(event), flush=True)
+            elif view is not None:
+                view.show(event)
+            if event.stage == gateway_pb2.STAGE_TERMINAL:
+                terminal = event
+    finally:
+        if view is not None:
+            view.close()
+    return terminal
+
+
+def download(result: gateway_pb2.JobResult, job_id: str, out_dir: Path) -> list[Path]:
+    """Fetches every result image into ``out_dir``; returns the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image in result.images:
+        with requests.get(image.url, timeout=30, stream=True) as response:
+            response.raise_for_status()
+            data = response.raw.read(DOWNLOAD_LIMIT_BYTES + 1, decode_content=True)
+        if len(data) > DOWNLOAD_LIMIT_BYTES:
+            raise ValueError(f"image {image.index} is larger than {DOWNLOAD_LIMIT_BYTES} bytes")
+        extension = EXTENSION_BY_MIME.get(image.content_type, "bin")
+        path = out_dir / f"{job_id}-{image.index}.{extension}"
+        path.write_bytes(data)
+        written.append(path)
+    return written
+
+
+def outcome_code(result: gateway_pb2.JobResult) -> int:
+    """The exit code a terminal result stands for."""
+    if result.state == gateway_pb2.JOB_STATE_CANCELLED:
+        return EXIT_CANCELLED
+    if result.state != gateway_pb2.JOB_STATE_COMPLETED:
+        return EXIT_FAILED
+    swapped = (common_pb2.FACE_SWAP_METHOD_EXTERNAL_API, common_pb2.FACE_SWAP_METHOD_LOCAL)
+    if result.failures or any(image.face_swap_method not in swapped for image in result.images):
+        return EXIT_FALLBACK
+    return EXIT_OK
+
+
+def finish(terminal: gateway_pb2.JobEvent | None, args: argparse.Namespace) -> int:
+    """Prints the result, downloads the images, returns the exit code."""
+    if terminal is None:
+        print("the event stream ended before the job did", file=sys.stderr)
+        return EXIT_ERROR
+    result = terminal.result
+    if not args.json:
+        state = gateway_pb2.JobState.Name(result.state).removeprefix("JOB_STATE_")
+        print(f"job {terminal.job_id}: {state}" + (f" ({result.code}: {result.message})" if result.message else ""))
+        for line in describe_result(result):
+            print(line)
+    if result.images and not args.no_download:
+        for path in download(result, terminal.job_id, args.out):
+            if not args.json:
+                print(f"wrote {path}")
+    return outcome_code(result)
+
+
+def _stream(call: grpc.Call, args: argparse.Namespace) -> int:
+    try:
+        terminal = follow(call, args.json)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        call.cancel()
+        print("\ncancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    return finish(terminal, args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Dispatches one parsed command; returns the exit code."""
+    if args.command == "doctor":
+        from services.swapper.doctor import main as doctor_main
+
+        return int(doctor_main())
+    client = Client(args.gateway, args.token)
+    try:
+        return _dispatch(client, args)
+    finally:
+        client.close()
+
+
+def _dispatch(client: Client, args: argparse.Namespace) -> int:
+    stub, metadata = client.stub, client.metadata
+    if args.command == "run":
+        return _stream(stub.Run(build_request(args), metadata=metadata), args)
+    if args.command == "submit":
+        reply = stub.Submit(build_request(args), metadata=metadata, timeout=30)
+        print(reply.job_id)
+        return EXIT_OK
+    if args.command == "watch":
+        request = gateway_pb2.WatchRequest(job_id=args.job_id, after_seq=args.after)
+        return _stream(stub.Watch(request, metadata=metadata), args)
+    if args.command == "get":
+        job = stub.Get(gateway_pb2.GetRequest(job_id=args.job_id), metadata=metadata, timeout=30)
+        print(json_format.MessageToJson(job, preserving_proto_field_name=True))
+        return outcome_code(job.result) if job.HasField("result") else EXIT_OK
+    if args.command == "cancel":
+        reply = stub.Cancel(gateway_pb2.CancelRequest(job_id=args.job_id), metadata=metadata, timeout=30)
+        print(gateway_pb2.JobState.Name(reply.state))
+        return EXIT_OK
+    if args.command == "models":
+        models = stub.ListModels(common_pb2.ListModelsRequest(), metadata=metadata, timeout=30)
+        for model in models.models:
+            flags = " (default)" if model.is_default else ""
+            print(f"{model.name}{flags}: {model.family}, {model.default_width}x{model.default_height}, "
+                  f"sizes {model.min_size}–{model.max_size}, steps ≤ {model.max_steps}, "
+                  f"loaded={model.loaded}, loras={list(model.loras)}")
+        return EXIT_OK
+    health = health_pb2_grpc.HealthStub(client.channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"gateway {args.gateway}: {status}")
+    return EXIT_OK if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `facegen` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except grpc.RpcError as error:
+        code = error.code()
+        print(f"facegen: {code.name}: {error.details()}", file=sys.stderr)
+        return EXIT_REJECTED if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+    except (OSError, ValueError, requests.RequestException) as error:
+        print(f"facegen: {error}", file=sys.stderr)
+        return EXIT_ERROR

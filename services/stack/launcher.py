@@ -1,0 +1,235 @@
+"""Starts the whole system on loopback and stops every process it started.
+
+The stack is: an S3-compatible server (moto), the project's face-swap worker
+behind its local RunPod queue API, the generator, the swapper and the gateway.
+Each runs as its own process on a free loopback port, wired together by
+environment settings exactly as a deployment would wire them, with its log in
+``<run dir>/<name>.log``. ``LocalStack`` waits for every health check, and
+on exit, Ctrl-C or a failed start stops everything in reverse order (SIGTERM
+to the process group, SIGKILL after a grace period), leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
+ENDPOINT_ID = "local-faceswap"
+BUCKET = "facegen-local"
+
+
+class StackError(RuntimeError):
+    """A service of the local stack failed to start."""
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def grpc_serving(address: str) -> bool:
+    """True when the gRPC server at ``address`` reports SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
+    """True when ``url`` answers with a status below 500."""
+    try:
+        return requests.get(url, headers=headers, timeout=1.0).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class ServiceProcess:
+    """One process of the stack: how to start it and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready: Callable[[], bool]
+    start_timeout: float = 120.0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, run_dir: Path) -> None:
+        """Starts the process in its own session, its output going to its log file."""
+        self.log_path = run_dir / f"{self.name}.log"
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                self.argv, cwd=REPO_ROOT, env={**os.environ, **self.env}, stdout=log_file,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        """Polls the readiness probe until it passes, the process dies, or the timeout ends."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise StackError(f"{self.name} exited with code {self.process.returncode} during start\n"
+                                 f"{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise StackError(f"{self.name} was not ready after {self.start_timeout:.0f} s\n{self.log_tail()}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after ``grace`` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The group may hold children (the endpoint's worker processes) that outlived their parent.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the process's log, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(f"    {self.name}| {line}" for line in tail)
+
+
+@dataclass
+class StackAddresses:
+    """Where each part of a running stack listens."""
+
+    s3: str
+    runpod: str
+    generator: str
+    swapper: str
+    gateway: str
+
+
+@dataclass
+class LocalStack:
+    """The whole system on loopback; use as a context manager."""
+
+    run_dir: Path
+    workers: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+    api_key: str = field(default_factory=lambda: "rpa_local_" + secrets.token_hex(16))
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    addresses: StackAddresses | None = None
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> StackAddresses:
+        """Starts every service and waits until all are healthy; stops them all if one fails."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in ("s3", "runpod", "generator", "swapper", "gateway")}
+        self.addresses = StackAddresses(
+            s3=f"http://127.0.0.1:{ports['s3']}", runpod=f"http://127.0.0.1:{ports['runpod']}/v2",
+            generator=f"127.0.0.1:{ports['generator']}", swapper=f"127.0.0.1:{ports['swapper']}",
+            gateway=f"127.0.0.1:{ports['gateway']}")
+        specs = self._specs(self.addresses, ports)
+        try:
+            # Storage, the endpoint and the generator start in parallel; the swapper
+            # needs storage at start, so it waits for it.
+            for name in ("s3", "runpod", "generator"):
+                self._launch(specs[name])
+            self.services["s3"].wait_ready()
+            for name in ("swapper", "gateway"):
+                self._launch(specs[name])
+            for name in ("runpod", "generator", "swapper", "gateway"):
+                self.services[name].wait_ready()
+                logs_line(f"{name} ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self.addresses
+
+    def _launch(self, spec: ServiceProcess) -> None:
+        spec.start(self.run_dir)
+        self.services[spec.name] = spec
+
+    def stop(self) -> None:
+        """Stops every started process, last started first."""
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    def restart(self, name: str) -> None:
+        """Starts a stopped service again on the same port and waits for it."""
+        service = self.services[name]
+        service.stop()
+        service.start(self.run_dir)
+        service.wait_ready()
+
+    def _specs(self, a: StackAddresses, ports: dict[str, int]) -> dict[str, ServiceProcess]:
+        python = sys.executable
+        s3_env = {
+            "S3_ENDPOINT_URL": a.s3, "S3_BUCKET": BUCKET, "S3_ACCESS_KEY_ID": "local",
+            "S3_SECRET_ACCESS_KEY": "local-secret", "S3_REGION": "auto", "S3_CREATE_BUCKET": "true",
+        }
+        common = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.extra_env}
+        auth = {"Authorization": f"Bearer {self.api_key}"}
+        specs = [
+            ServiceProcess("s3", [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
+                           common, lambda: http_ok(f"{a.s3}/moto-api/"), start_timeout=60),
+            ServiceProcess("runpod", [str(WORKER_PYTHON), "-m", "services.faceswap_worker.endpoint",
+                                      "--host", "127.0.0.1", "--port", str(ports["runpod"]),
+                                      "--endpoint-id", ENDPOINT_ID, "--api-key", self.api_key,
+                                      "--workers", str(self.workers)],
+                           common, lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
+            ServiceProcess("generator", [python, "-m", "services.generator"],
+                           {**common, "GENERATOR_LISTEN": a.generator}, lambda: grpc_serving(a.generator),
+                           start_timeout=300),
+            ServiceProcess("swapper", [python, "-m", "services.swapper"],
+                           {**common, **s3_env, "SWAPPER_LISTEN": a.swapper, "RUNPOD_API_BASE": a.runpod,
+                            "FACE_SWAP_ENDPOINT": ENDPOINT_ID, "RUNPOD_API_KEY": self.api_key},
+                           lambda: grpc_serving(a.swapper)),
+            ServiceProcess("gateway", [python, "-m", "services.gateway"],
+                           {**common, "GATEWAY_LISTEN": a.gateway, "GENERATOR_ADDRESS": a.generator,
+                            "SWAPPER_ADDRESS": a.swapper}, lambda: grpc_serving(a.gateway)),
+        ]
+        return {spec.name: spec for spec in specs}
+
+
+def logs_line(message: str) -> None:
+    """A progress line of the launcher itself, on stderr (stdout belongs to the job output)."""
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["BUCKET", "ENDPOINT_ID", "LocalStack", "StackAddresses", "StackError", "free_port"]
