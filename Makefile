@@ -46,8 +46,11 @@ lint: $(VENV)/.installed .tools/node_modules/.bin/buf
 	$(VENV)/bin/mypy services
 	.tools/node_modules/.bin/buf lint
 
+# The main suite (unit, integration, e2e through the real stack), then the
+# worker's own suite in the worker's environment.
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	FACEGEN_WORKER_TESTS=1 HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python -m pytest tests/worker
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m services.stack demo
