@@ -1,0 +1,1 @@
+"""The gateway: validates jobs, orchestrates generator and swapper, streams job events."""

@@ -1,0 +1,32 @@
+"""``python -m services.gateway``: the public gRPC front door of facegen."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.common import logs
+from services.common.secrets import mask
+from services.common.server import run_until_signal
+from services.gateway.app import GatewayApp
+from services.gateway.settings import Settings
+
+log = logging.getLogger("services.gateway")
+
+
+async def main() -> None:
+    """Serves until SIGTERM/SIGINT, then drains Run streams and cancels what is left."""
+    settings = Settings.from_env()
+    logs.configure("gateway", settings.log_level)
+    app = GatewayApp(settings)
+
+    async def on_start() -> None:
+        logs.event(log, "gateway.config", generator=settings.generator_address,
+                   swapper=settings.swapper_address, max_running=settings.max_running_jobs,
+                   max_queued=settings.max_queued_jobs, auth=mask(settings.auth_token))
+
+    await run_until_signal(app.server, "gateway", on_start, app.close)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,77 @@
+"""The GatewayService RPCs: authentication, then the JobManager."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+
+import grpc
+
+from facegen.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.manager import JobManager
+from services.gateway.upstreams import Upstreams
+
+RUN_CLOSED = "cancelled: the Run stream was closed by the client"
+CANCEL_RPC = "cancelled by a Cancel request"
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """Implements facegen.v1.GatewayService."""
+
+    def __init__(self, manager: JobManager, upstreams: Upstreams, auth_token: str | None) -> None:
+        self._manager = manager
+        self._upstreams = upstreams
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if self._expected_auth is None:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(given, self._expected_auth):
+                    return
+                break
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "a valid 'authorization: Bearer <token>' metadata entry is required")
+
+    async def Run(self, request: gateway_pb2.JobRequest,
+                  context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.JobEvent]:
+        await self._authorize(context)
+        job_id, _created = await self._manager.submit(request)
+        ended = False
+        try:
+            async for event in self._manager.watch(job_id, 0):
+                yield event
+            ended = True
+        finally:
+            if not ended:
+                self._manager.request_cancel(job_id, RUN_CLOSED)
+
+    async def Submit(self, request: gateway_pb2.JobRequest,
+                     context: grpc.aio.ServicerContext) -> gateway_pb2.SubmitResponse:
+        await self._authorize(context)
+        job_id, created = await self._manager.submit(request)
+        return gateway_pb2.SubmitResponse(job_id=job_id, created=created)
+
+    async def Watch(self, request: gateway_pb2.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.JobEvent]:
+        await self._authorize(context)
+        async for event in self._manager.watch(request.job_id, request.after_seq):
+            yield event
+
+    async def Get(self, request: gateway_pb2.GetRequest,
+                  context: grpc.aio.ServicerContext) -> gateway_pb2.Job:
+        await self._authorize(context)
+        return await self._manager.get(request.job_id)
+
+    async def Cancel(self, request: gateway_pb2.CancelRequest,
+                     context: grpc.aio.ServicerContext) -> gateway_pb2.CancelResponse:
+        await self._authorize(context)
+        state = await self._manager.cancel(request.job_id, CANCEL_RPC)
+        return gateway_pb2.CancelResponse(state=state)
+
+    async def ListModels(self, request: common_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> common_pb2.ListModelsResponse:
+        await self._authorize(context)
+        return await self._upstreams.list_models()

@@ -1,0 +1,151 @@
+"""Calls to the generator and the swapper, with deadlines and failures the caller can read.
+
+Every call first makes sure the channel is connected (waiting at most the
+connect timeout, then UNAVAILABLE with a clear message: the gateway keeps
+serving while an upstream is down), then runs with ``wait_for_ready`` and its
+own deadline. gRPC errors come back as FacegenError subclasses whose messages
+name the upstream, so a job's FAILED event says what went wrong where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+
+import grpc
+
+from facegen.v1 import (
+    common_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    swapper_pb2,
+    swapper_pb2_grpc,
+)
+from services.common.channel import internal_channel
+from services.common.errors import (
+    DeadlineExceeded,
+    FacegenError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.gateway.settings import Settings
+
+GENERATOR = "generator"
+SWAPPER = "swapper"
+LIST_MODELS_TIMEOUT_SECONDS = 15.0
+MAX_DETAILS_CHARS = 500
+
+_SAME_CODE: dict[grpc.StatusCode, type[FacegenError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+
+
+class UpstreamFailed(FacegenError):
+    """An upstream failed in a way it does not explain to callers (INTERNAL, UNKNOWN, ...)."""
+
+
+def translate(exc: grpc.aio.AioRpcError, upstream: str, timeout: float, started: float,
+              timeout_setting: str) -> FacegenError:
+    """The FacegenError to raise for a failed call to ``upstream``."""
+    code = exc.code()
+    details = (exc.details() or "").strip()[:MAX_DETAILS_CHARS]
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if time.monotonic() - started >= timeout * 0.95:
+            return DeadlineExceeded(
+                f"the {upstream} did not finish within {timeout:g} s ({timeout_setting})")
+        return DeadlineExceeded(f"{upstream}: {details or 'deadline exceeded'}")
+    if code == grpc.StatusCode.CANCELLED:
+        return Unavailable(f"the {upstream} ended the call early (cancelled); retry later")
+    kind = _SAME_CODE.get(code)
+    if kind is not None:
+        return kind(f"{upstream}: {details or code.name.lower()}")
+    return UpstreamFailed(f"the {upstream} failed ({code.name}); the details are in its logs")
+
+
+class Upstreams:
+    """Channels and stubs for the generator and the swapper."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        limit = settings.server.max_message_bytes
+        self._generator_channel = internal_channel(settings.generator_address, limit)
+        self._swapper_channel = internal_channel(settings.swapper_address, limit)
+        self._generator = generator_pb2_grpc.GeneratorServiceStub(self._generator_channel)
+        self._swapper = swapper_pb2_grpc.SwapperServiceStub(self._swapper_channel)
+
+    async def close(self) -> None:
+        """Closes both channels (in-flight calls are cancelled)."""
+        await self._generator_channel.close()
+        await self._swapper_channel.close()
+
+    async def _connected(self, channel: grpc.aio.Channel, upstream: str) -> None:
+        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        timeout = self._settings.connect_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await channel.channel_ready()
+        except TimeoutError:
+            raise Unavailable(
+                f"the {upstream} cannot be reached (no connection within {timeout:g} s); retry later"
+            ) from None
+
+    async def generate(self, request: generator_pb2.GenerateRequest,
+                       ) -> AsyncGenerator[generator_pb2.GenerateEvent]:
+        """Streams the generator's events; cancelling the consumer cancels the call."""
+        await self._connected(self._generator_channel, GENERATOR)
+        timeout = self._settings.generate_timeout_seconds
+        started = time.monotonic()
+        call = self._generator.Generate(request, timeout=timeout, wait_for_ready=True)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, GENERATOR, timeout, started, "GATEWAY_GENERATE_TIMEOUT_SECONDS") from None
+        finally:
+            call.cancel()
+
+    async def put_reference(self, job_id: str, image: bytes) -> str:
+        """Stores the reference face; returns its storage key."""
+        await self._connected(self._swapper_channel, SWAPPER)
+        timeout = self._settings.upload_timeout_seconds
+        started = time.monotonic()
+        try:
+            response = await self._swapper.PutReference(
+                swapper_pb2.PutReferenceRequest(job_id=job_id, image=image),
+                timeout=timeout, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, SWAPPER, timeout, started, "GATEWAY_UPLOAD_TIMEOUT_SECONDS") from None
+        return response.key
+
+    async def swap(self, request: swapper_pb2.SwapRequest) -> AsyncGenerator[swapper_pb2.SwapEvent]:
+        """Streams the swapper's events for one image; cancelling the consumer cancels the call."""
+        await self._connected(self._swapper_channel, SWAPPER)
+        timeout = self._settings.swap_timeout_seconds
+        started = time.monotonic()
+        call = self._swapper.Swap(request, timeout=timeout, wait_for_ready=True)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, SWAPPER, timeout, started, "GATEWAY_SWAP_TIMEOUT_SECONDS") from None
+        finally:
+            call.cancel()
+
+    async def list_models(self) -> common_pb2.ListModelsResponse:
+        """The generator's model catalog."""
+        await self._connected(self._generator_channel, GENERATOR)
+        started = time.monotonic()
+        try:
+            return await self._generator.ListModels(
+                common_pb2.ListModelsRequest(), timeout=LIST_MODELS_TIMEOUT_SECONDS, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, GENERATOR, LIST_MODELS_TIMEOUT_SECONDS, started, "a fixed limit") from None

@@ -1,0 +1,1 @@
+"""Fake upstream services for tests and benchmarks."""
