@@ -104,6 +104,7 @@ class JobRun:
         self._started = True
         try:
             if self._cancel_reason is not None:
+                self._services.admission.release_unused()
                 raise asyncio.CancelledError
             async with self._services.admission.slot():
                 self._clock.stop(QUEUED)

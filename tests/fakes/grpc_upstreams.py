@@ -109,6 +109,8 @@ class SwapScript:
     """How the fake swapper behaves."""
 
     put_delay: float = 0.0
+    # When set, PutReference waits for this event before answering.
+    put_gate: asyncio.Event | None = None
     put_fail: grpc.StatusCode | None = None
     put_fail_message: str = "storage is unavailable (scripted)"
     # Time from the Swap call's start to its result, spread over the remote statuses.
@@ -221,6 +223,8 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self.cancelled_puts: list[str] = []
         self.cancelled_swaps: list[tuple[str, int]] = []
         self.active = 0
+        # Most Swap calls seen in flight at once.
+        self.max_active = 0
 
     async def PutReference(self, request: swapper_pb2.PutReferenceRequest,
                            context: grpc.aio.ServicerContext) -> swapper_pb2.PutReferenceResponse:
@@ -228,6 +232,8 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self.puts.append(request.job_id)
         self._notify()
         try:
+            if script.put_gate is not None:
+                await script.put_gate.wait()
             await asyncio.sleep(script.put_delay)
         except asyncio.CancelledError:
             self.cancelled_puts.append(request.job_id)
@@ -251,6 +257,7 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
             deadline_ms=request.deadline_ms, options=request.options,
             target_image=request.target_image if self.keep_images else b""))
         self.active += 1
+        self.max_active = max(self.max_active, self.active)
         self._notify()
         try:
             if request.reference_key and request.reference_key not in self.references:
