@@ -1,0 +1,174 @@
+"""The generator's core: the queue, the device thread, and the models on it.
+
+One thread per device runs every pipeline call and every model load, one at
+a time; the event loop only queues, batches and delivers. Images are encoded
+to PNG off the device thread, so the next batch starts as soon as the
+pipeline returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+from PIL import Image
+
+from facegen.v1 import common_pb2
+from services.common import logs
+from services.common.errors import Unavailable
+from services.generator.batcher import Batcher
+from services.generator.catalog import Catalog
+from services.generator.device import Device
+from services.generator.jobs import Job, done_event, image_event
+from services.generator.params import GenerationParams
+from services.generator.pipelines import PipelineRegistry
+from services.generator.runner import BatchInterrupted, BatchOutput, BatchRecord, encode_png, run_batch, warm_up
+from services.generator.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Engine:
+    """Accepts validated requests and runs them on the device in batches."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, device: Device) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.device = device
+        self.registry = PipelineRegistry(catalog, device, settings.max_loaded_models,
+                                         settings.max_loaded_loras)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-device",
+                                            initializer=self._init_device_thread)
+        self._batcher = Batcher(self._execute, settings.queue_size, settings.batch_window_ms / 1000,
+                                settings.max_batch_images)
+        self._worker: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        # The last batches, newest last (for tests, the benchmark and debugging).
+        self.history: deque[BatchRecord] = deque(maxlen=256)
+        self.ready = False
+
+    def _init_device_thread(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+
+    async def start(self) -> None:
+        """Starts the worker that feeds the device (requests queue from now on)."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._batcher.run(), name="generator-worker")
+
+    async def load_default(self, warmup: bool = True) -> None:
+        """Loads the default model and runs one warm-up generation; then the engine is ready."""
+        name = self.catalog.default_model
+        model = await self._on_device(self.registry.get, name)
+        if warmup:
+            duration_ms = await self._on_device(warm_up, model)
+            logs.event(log, "model.warm", model=name, warmup_ms=duration_ms)
+        self.ready = True
+
+    def submit(self, params: GenerationParams) -> Job:
+        """Queues a request; ResourceExhausted when the queue is full."""
+        job = Job(params, asyncio.get_running_loop())
+        self._batcher.submit(job)
+        logs.event(log, "generate.queued", model=params.model, images=params.num_images,
+                   size=f"{params.width}x{params.height}", steps=params.steps,
+                   lora=params.lora.name if params.lora else "-", position=self._batcher.waiting - 1)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The caller left: drop the job from the queue, or stop its denoising loop."""
+        if job.closed:
+            return
+        job.cancel()
+        waiting = self._batcher.withdraw(job)
+        logs.event(log, "generate.cancelled", where="queue" if waiting else "device")
+
+    def list_models(self) -> common_pb2.ListModelsResponse:
+        """Every catalog model with its limits, and whether it is in memory."""
+        loaded = self.registry.loaded_names()
+        return common_pb2.ListModelsResponse(models=[
+            common_pb2.ModelInfo(
+                name=spec.name, family=spec.family, loaded=spec.name in loaded,
+                is_default=spec.name == self.catalog.default_model,
+                default_width=spec.default_width, default_height=spec.default_height,
+                min_size=spec.min_size, max_size=spec.max_size,
+                default_steps=spec.default_steps, max_steps=spec.max_steps,
+                default_guidance=spec.default_guidance, max_guidance=spec.max_guidance,
+                loras=self.catalog.loras_for(spec.name),
+            )
+            for spec in self.catalog.models.values()
+        ])
+
+    async def stop(self) -> None:
+        """Fails waiting jobs with UNAVAILABLE and stops the worker and the device thread."""
+        for job in self._batcher.drain():
+            job.fail(Unavailable("the generator is shutting down; retry"))
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self._deliveries:
+            await asyncio.gather(*self._deliveries, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_device(self, fn: Callable[..., T], *args: object) -> T:
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+
+    async def _execute(self, batch: list[Job]) -> None:
+        live = [job for job in batch if not job.cancelled.is_set()]
+        if not live:
+            return
+        ids = tuple(job.params.job_id for job in live)
+        images = sum(job.params.num_images for job in live)
+        with logs.job_context(",".join(ids)):
+            logs.event(log, "generate.started", model=live[0].params.model, requests=len(live), images=images)
+            try:
+                output = await self._on_device(self._run_on_device, live)
+            except BatchInterrupted as stop:
+                self.history.append(BatchRecord(ids, images, stop.step, "cancelled"))
+                logs.event(log, "generate.interrupted", step=stop.step)
+                return
+            except Exception as exc:
+                self.history.append(BatchRecord(ids, images, 0, "failed"))
+                for job in live:
+                    job.fail(exc)
+                return
+            self.history.append(BatchRecord(ids, images, output.steps_run, "done"))
+            logs.event(log, "generate.finished", duration_ms=output.duration_ms, requests=len(live))
+        task = asyncio.create_task(self._deliver(live, output))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    def _run_on_device(self, jobs: list[Job]) -> BatchOutput:
+        model = self.registry.get(jobs[0].params.model)
+        return run_batch(model, jobs, self.device)
+
+    async def _deliver(self, jobs: list[Job], output: BatchOutput) -> None:
+        for job, images in zip(jobs, output.images, strict=True):
+            if job.cancelled.is_set():
+                continue
+            try:
+                pngs = await asyncio.to_thread(_encode_all, images)
+            except Exception as exc:
+                job.fail(exc)
+                continue
+            params = job.params
+            for index, (png, image) in enumerate(zip(pngs, images, strict=True)):
+                job.emit(image_event(index, png, image.width, image.height, params.seeds[index]))
+            job.emit(done_event(params.model, output.duration_ms, len(jobs)))
+            job.finish()
+
+
+def _encode_all(images: list[Image.Image]) -> list[bytes]:
+    return [encode_png(image) for image in images]

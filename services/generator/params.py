@@ -1,0 +1,144 @@
+"""Turning a GenerateRequest into checked generation parameters.
+
+Everything a request may get wrong is refused here, before it is queued,
+with INVALID_ARGUMENT naming the field and the allowed range (NOT_FOUND for an
+unknown model or LoRA).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+from facegen.v1 import generator_pb2
+from services.common.errors import InvalidInput, NotFound
+from services.generator.catalog import FAMILIES_WITHOUT_NEGATIVE, Catalog, ModelSpec
+
+MAX_IMAGES = 4
+# Seeds a caller may pass; the top leaves room for seed + image index.
+MAX_SEED = 2**53 - 1
+# Random seeds are drawn below 2**32 so that every client can show and re-enter them.
+RANDOM_SEED_LIMIT = 2**32
+LORA_MAX_WEIGHT = 2.0
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """A LoRA applied to one request."""
+
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request: every default filled in, every value within its model's limits."""
+
+    job_id: str
+    model: str
+    family: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    # Image i of the request uses seeds[i] == seeds[0] + i.
+    seeds: tuple[int, ...]
+    lora: LoraChoice | None
+    preview_every: int
+
+    @property
+    def num_images(self) -> int:
+        """Images this request asks for."""
+        return len(self.seeds)
+
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal keys can share one pipeline call.
+
+        Whether a negative prompt is present is part of the key because SDXL
+        encodes "no negative prompt" as zeros, not as the empty string.
+        """
+        return (self.model, self.width, self.height, self.steps, self.guidance, self.lora,
+                bool(self.negative_prompt))
+
+
+def validate(request: generator_pb2.GenerateRequest, catalog: Catalog, max_prompt_chars: int,
+             job_id: str) -> GenerationParams:
+    """Checks ``request`` against the catalog; raises InvalidInput or NotFound."""
+    model = _model(request.model, catalog)
+    prompt = request.prompt.strip()
+    if not prompt:
+        raise InvalidInput("prompt is empty; describe the image to generate")
+    _check_length("prompt", request.prompt, max_prompt_chars)
+    _check_length("negative_prompt", request.negative_prompt, max_prompt_chars)
+    negative = request.negative_prompt.strip()
+    if negative and model.family in FAMILIES_WITHOUT_NEGATIVE:
+        raise InvalidInput(f"negative_prompt is not supported by {model.family} models such as {model.name}")
+    width = _size("width", request.width or model.default_width, model)
+    height = _size("height", request.height or model.default_height, model)
+    steps = request.steps or model.default_steps
+    if not 1 <= steps <= model.max_steps:
+        raise InvalidInput(f"steps={steps} is out of range: {model.name} allows 1 to {model.max_steps}")
+    guidance = model.default_guidance
+    if request.HasField("guidance_scale"):
+        guidance = request.guidance_scale
+        if not math.isfinite(guidance) or not 0.0 <= guidance <= model.max_guidance:
+            raise InvalidInput(
+                f"guidance_scale={guidance} is out of range: {model.name} allows 0 to {model.max_guidance}")
+    num_images = request.num_images or 1
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise InvalidInput(f"num_images={num_images} is out of range: 1 to {MAX_IMAGES}")
+    seed = request.seed if request.HasField("seed") else -1
+    if seed == -1:
+        seed = secrets.randbelow(RANDOM_SEED_LIMIT)
+    elif not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"seed={seed} is out of range: -1 (random) or 0 to {MAX_SEED}")
+    if not 0 <= request.preview_every <= steps:
+        raise InvalidInput(
+            f"preview_every={request.preview_every} is out of range: 0 (no previews) to steps ({steps})")
+    return GenerationParams(
+        job_id=job_id, model=model.name, family=model.family, prompt=prompt, negative_prompt=negative,
+        width=width, height=height, steps=steps, guidance=float(guidance),
+        seeds=tuple(seed + index for index in range(num_images)),
+        lora=_lora(request, model, catalog), preview_every=request.preview_every,
+    )
+
+
+def _model(name: str, catalog: Catalog) -> ModelSpec:
+    name = name.strip() or catalog.default_model
+    spec = catalog.models.get(name)
+    if spec is None:
+        raise NotFound(f"model {name!r} is not in the catalog; available: {', '.join(sorted(catalog.models))}")
+    return spec
+
+
+def _check_length(field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise InvalidInput(f"{field} is {len(text)} characters; the limit is {limit}")
+
+
+def _size(field: str, value: int, model: ModelSpec) -> int:
+    if not model.min_size <= value <= model.max_size or value % model.size_multiple:
+        raise InvalidInput(
+            f"{field}={value} is not allowed: {model.name} takes a multiple of {model.size_multiple} "
+            f"from {model.min_size} to {model.max_size}")
+    return value
+
+
+def _lora(request: generator_pb2.GenerateRequest, model: ModelSpec, catalog: Catalog) -> LoraChoice | None:
+    name = request.lora.name.strip()
+    if not name:
+        return None
+    entry = catalog.loras.get(name)
+    if entry is None:
+        known = ", ".join(catalog.loras_for(model.name)) or "none"
+        raise NotFound(f"lora {name!r} is not in the catalog; available for {model.name}: {known}")
+    if model.name not in entry.models:
+        raise InvalidInput(f"lora {name!r} does not fit model {model.name}; it fits {', '.join(entry.models)}")
+    weight = request.lora.weight
+    if not math.isfinite(weight) or not 0.0 <= weight <= LORA_MAX_WEIGHT:
+        raise InvalidInput(f"lora.weight={weight} is out of range: 0 to {LORA_MAX_WEIGHT}")
+    # proto3 cannot tell an unset weight from 0: 0 means the catalog's default weight.
+    return LoraChoice(name=name, weight=weight or entry.default_weight)
