@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -133,9 +134,10 @@ async def test_only_the_newest_preview_is_kept() -> None:
     assert previews == [b"", b"", b"preview-3"]
 
 
-async def _first(events: object, count: int) -> object:
+async def _first(events: AsyncIterator[gateway_pb2.JobEvent],
+                 count: int) -> AsyncIterator[gateway_pb2.JobEvent]:
     seen = 0
-    async for ev in events:  # type: ignore[attr-defined]
+    async for ev in events:
         yield ev
         seen += 1
         if seen == count:
