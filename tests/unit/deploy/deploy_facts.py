@@ -1,0 +1,145 @@
+"""What the deployment files must agree with, read from the services' own sources."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[3]
+DEPLOY = REPO / "deploy"
+# Each service's gRPC port (its <SVC>_LISTEN in a container is 0.0.0.0:<port>).
+PORTS = {"gateway": 50051, "generator": 50052, "swapper": 50053}
+# Variables read by libraries or the Python runtime rather than by facegen's settings.
+LIBRARY_ENV = frozenset({"HOME", "HF_HOME", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"})
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
+
+
+def service_modules(service: str) -> list[Path]:
+    """The files of ``services/<service>`` plus every first-party module they import, transitively."""
+    pending = sorted((REPO / "services" / service).rglob("*.py"))
+    seen: set[Path] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imported_modules(path):
+            if module.split(".")[0] in {"services", "facegen"}:
+                pending.extend(_module_files(module))
+    return sorted(seen)
+
+
+def _module_files(module: str) -> list[Path]:
+    root = REPO / "protos" if module.startswith("facegen") else REPO
+    base = root.joinpath(*module.split("."))
+    candidates = [base.with_suffix(".py"), base / "__init__.py"]
+    return [path for path in candidates if path.is_file()]
+
+
+def _imported_modules(path: Path, include_type_checking: bool = False) -> list[str]:
+    """Absolute module names imported by ``path`` (imports inside functions included)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    if not include_type_checking:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    modules: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module)
+            modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def third_party_distributions(service: str) -> dict[str, set[str]]:
+    """Distribution → the modules of ``service`` that import it (stdlib and first party left out)."""
+    by_module = importlib.metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in service_modules(service):
+        for module in _imported_modules(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in {"services", "facegen", "__future__"}:
+                continue
+            dists = by_module.get(top)
+            if not dists:
+                # A submodule name (``from PIL import Image`` lists ``PIL.Image`` too) or an
+                # uninstalled package: report the top level, which is what must be installed.
+                dists = [f"<not installed: {top}>"]
+            if top == "google":
+                dists = ["protobuf"] if module.startswith("google.protobuf") else dists
+            for dist in dists:
+                found.setdefault(str(canonicalize_name(dist)), set()).add(
+                    str(path.relative_to(REPO)))
+    return found
+
+
+@functools.cache
+def dependency_closure(distributions: frozenset[str]) -> frozenset[str]:
+    """``distributions`` and everything they require (per the installed metadata, on this platform)."""
+    result: set[str] = set()
+    pending = [(str(canonicalize_name(name)), frozenset[str]()) for name in distributions]
+    while pending:
+        name, extras = pending.pop()
+        key = name if not extras else f"{name}[{','.join(sorted(extras))}]"
+        if key in result:
+            continue
+        result.add(key)
+        result.add(name)
+        try:
+            requirements = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requirements:
+            requirement = Requirement(line)
+            environments = [{"extra": extra} for extra in extras] or [{"extra": ""}]
+            if requirement.marker is not None and not any(
+                    requirement.marker.evaluate(env) for env in environments):
+                continue
+            pending.append((str(canonicalize_name(requirement.name)), frozenset(requirement.extras)))
+    return frozenset(name for name in result if "[" not in name)
+
+
+def pinned_names(constraints: Path) -> set[str]:
+    """Canonical names pinned with == in a constraints file."""
+    names = set()
+    for line in constraints.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            names.add(str(canonicalize_name(line.split("==")[0])))
+    return names
+
+
+@functools.cache
+def known_env_vars(service: str) -> frozenset[str]:
+    """Every variable that ``service`` (its settings and the shared code) can read.
+
+    Collected from the upper-case string constants of its modules, plus the
+    names that are built at run time: <SVC>_LISTEN and <SVC>_GRACE_SECONDS
+    (ServerSettings) and NAME_FILE for secrets.
+    """
+    names: set[str] = set(LIBRARY_ENV)
+    secrets: set[str] = set()
+    for path in service_modules(service):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _ENV_NAME.match(node.value):
+                names.add(node.value)
+            elif isinstance(node, ast.Call) and "secret" in ast.unparse(node.func).lower():
+                # env.secret("NAME") and helpers like _first_secret(env, "A", "B") also read NAME_FILE.
+                secrets.update(arg.value for arg in node.args
+                               if isinstance(arg, ast.Constant) and isinstance(arg.value, str))
+    prefix = service.upper()
+    names.update({f"{prefix}_LISTEN", f"{prefix}_GRACE_SECONDS"})
+    names.update(f"{name}_FILE" for name in secrets if _ENV_NAME.match(name))
+    return frozenset(names)
