@@ -53,8 +53,14 @@ class FaceSwapWorker:
         self.engine = engine or build_engine(self.settings)
 
     def warm_up(self) -> None:
-        """Run the detector once so the first real job does not pay for graph initialisation."""
-        self.engine.detector.detect(np.full((64, 64, 3), 128, np.uint8))
+        """Run detection and mesh once on a real face so the first job does not pay for graph initialisation."""
+        try:
+            from services.faceswap_worker.samples import astronaut
+
+            image = astronaut()
+        except ImportError:  # sample packages missing in a slimmed image: warm the detector alone
+            image = np.full((64, 64, 3), 128, np.uint8)
+        self.engine.detector.detect(image)
 
     def run(self, job_input: Any) -> dict[str, Any]:
         """The handler's output for one job input: a success dict or ``{"error": message}``."""
