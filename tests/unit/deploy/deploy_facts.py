@@ -21,13 +21,14 @@ LIBRARY_ENV = frozenset({"HOME", "HF_HOME", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED"
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 
 
-def service_modules(service: str) -> list[Path]:
-    """The files of ``services/<service>`` plus every first-party module they import, transitively."""
+def service_modules(service: str, exclude: frozenset[Path] = frozenset()) -> list[Path]:
+    """The files of ``services/<service>`` plus every first-party module they import, transitively
+    (``exclude``: files to leave out, with what only they import)."""
     pending = sorted((REPO / "services" / service).rglob("*.py"))
     seen: set[Path] = set()
     while pending:
         path = pending.pop()
-        if path in seen:
+        if path in seen or path in exclude:
             continue
         seen.add(path)
         for module in _imported_modules(path):
@@ -63,11 +64,32 @@ def _imported_modules(path: Path, include_type_checking: bool = False) -> list[s
     return modules
 
 
-def third_party_distributions(service: str) -> dict[str, set[str]]:
+def top_level_imports(path: Path) -> list[str]:
+    """Modules that ``path`` imports when it is itself imported (not inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules: list[str] = []
+    for stmt in tree.body:
+        nodes = [stmt] if not isinstance(stmt, ast.Try | ast.If) else list(ast.walk(stmt))
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                modules.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.append(node.module)
+                modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level module → distributions (slow: reads every installed RECORD, so once)."""
+    return dict(importlib.metadata.packages_distributions())
+
+
+def third_party_distributions(service: str, exclude: frozenset[Path] = frozenset()) -> dict[str, set[str]]:
     """Distribution → the modules of ``service`` that import it (stdlib and first party left out)."""
-    by_module = importlib.metadata.packages_distributions()
+    by_module = _packages_distributions()
     found: dict[str, set[str]] = {}
-    for path in service_modules(service):
+    for path in service_modules(service, exclude):
         for module in _imported_modules(path):
             top = module.split(".")[0]
             if top in sys.stdlib_module_names or top in {"services", "facegen", "__future__"}:
