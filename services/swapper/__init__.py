@@ -1,0 +1,5 @@
+"""The swapper service: stores images in S3-compatible storage and swaps faces via RunPod Serverless.
+
+``python -m services.swapper`` serves ``facegen.v1.SwapperService``;
+``python -m services.swapper doctor`` checks the configuration end to end.
+"""

@@ -1,0 +1,48 @@
+"""``python -m services.swapper [serve|doctor]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.common import logs
+from services.common.config import ConfigError
+from services.common.server import ServiceServer, run_until_signal
+from services.swapper.service import SERVICE_NAME, SwapperApp
+from services.swapper.settings import Settings
+
+log = logging.getLogger("services.swapper")
+
+
+async def serve(settings: Settings) -> None:
+    """Serves until SIGTERM/SIGINT; NOT_SERVING until storage is ready."""
+    app = SwapperApp(settings)
+    server = ServiceServer(settings.server, [SERVICE_NAME], app.register)
+    await run_until_signal(server, "swapper", app.start, app.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses the command, reads the settings, runs; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m services.swapper",
+                                     description="facegen swapper: storage and RunPod face swap")
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "doctor"),
+                        help="serve (default) or doctor (check the configuration end to end)")
+    args = parser.parse_args(argv)
+    logs.configure("swapper", "WARNING" if args.command == "doctor" else "INFO")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"swapper: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "doctor":
+        from services.swapper.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings))
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``python -m services.swapper doctor``: checks the configuration against the real systems.
+
+It prints the masked API key and the endpoints, calls ``/health`` on each
+endpoint, checks the bucket (write, presigned read, delete) and runs one
+real swap of two sample face photos through the same code the service uses.
+The exit code is 0 only when every check passes.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import requests
+from PIL import Image
+
+from facegen.v1 import common_pb2, swapper_pb2
+from services.common.images import inspect_image
+from services.common.secrets import mask
+from services.swapper.runpod import RunPodError
+from services.swapper.service import SwapperApp
+from services.swapper.settings import Settings
+from services.swapper.storage import TEMP_PREFIX, StorageUnavailable
+
+Print = Callable[[str], None]
+
+
+@dataclass
+class Report:
+    """The outcome of each check."""
+
+    out: Print
+    results: list[tuple[str, bool]] = field(default_factory=list)
+
+    def record(self, name: str, ok: bool, detail: str) -> bool:
+        """Prints ``PASS|FAIL name: detail`` and remembers the outcome."""
+        self.results.append((name, ok))
+        self.out(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+        return ok
+
+    @property
+    def passed(self) -> bool:
+        """True when there was at least one check and all passed."""
+        return bool(self.results) and all(ok for _, ok in self.results)
+
+
+def sample_faces() -> tuple[bytes, bytes]:
+    """Two public-domain portraits shipped in installed packages: (reference JPEG, target PNG)."""
+    from matplotlib.cbook import get_sample_data
+    from skimage import data as skimage_data
+
+    path = get_sample_data("grace_hopper.jpg", asfileobj=False)
+    with open(str(path), "rb") as handle:
+        reference = handle.read()
+    target = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(target, "PNG")
+    return reference, target.getvalue()
+
+
+async def run_doctor(settings: Settings, out: Print = print) -> int:
+    """Runs every check; returns the process exit code."""
+    runpod = settings.runpod
+    out("facegen swapper doctor")
+    out(f"  RunPod API key  {mask(runpod.api_key)}")
+    out(f"  RunPod API base {runpod.api_base}")
+    out(f"  endpoints       {', '.join(runpod.endpoints) or '(none)'}")
+    out(f"  storage         {settings.storage.endpoint_url or 'embedded (loopback, in memory)'} "
+        f"bucket {settings.storage.bucket}")
+    report = Report(out)
+    app = SwapperApp(settings)
+    try:
+        if not runpod.endpoints:
+            report.record("config", False, "FACE_SWAP_ENDPOINT is not set")
+        await _check_health(app, report)
+        storage_ok = await _check_storage(app, report)
+        if storage_ok and runpod.endpoints:
+            await _check_swap(app, report)
+        elif runpod.endpoints:
+            report.record("swap", False, "skipped: storage is not usable")
+    finally:
+        await app.stop()
+    passed = report.passed
+    total = len(report.results)
+    failed = sum(1 for _, ok in report.results if not ok)
+    out(f"doctor: all {total} checks passed" if passed else f"doctor: {failed} of {total} checks failed")
+    return 0 if passed else 1
+
+
+async def _check_health(app: SwapperApp, report: Report) -> None:
+    client = app.client
+    if client is None:
+        return
+    for endpoint in app.settings.runpod.endpoints:
+        try:
+            health = await app.http_pool.run(client.health, endpoint, app.settings.runpod.http_timeout_s)
+        except RunPodError as exc:
+            report.record(f"health {endpoint}", False, str(exc))
+            continue
+        workers = health.get("workers", {})
+        jobs = health.get("jobs", {})
+        summary = ", ".join(f"{name}={value}" for name, value in sorted(workers.items())) or "none reported"
+        queued = jobs.get("inQueue", "?") if isinstance(jobs, dict) else "?"
+        report.record(f"health {endpoint}", True, f"workers {summary}; jobs in queue {queued}")
+
+
+async def _check_storage(app: SwapperApp, report: Report) -> bool:
+    try:
+        await app.start_once()
+    except StorageUnavailable as exc:
+        return report.record("storage", False, str(exc))
+    storage = app.storage
+    assert storage is not None
+    started = time.monotonic()
+    key = f"{TEMP_PREFIX}doctor/{secrets.token_hex(6)}.png"
+    probe = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(probe, "PNG")
+    data = probe.getvalue()
+    pool = app.storage_pool
+    try:
+        await pool.run(storage.put, key, data, "image/png")
+        url = storage.presign(key, 60)
+        response = await pool.run(requests.get, url, timeout=10)
+        if response.status_code != 200 or response.content != data:
+            return report.record("storage", False, f"presigned read of {key} answered HTTP "
+                                 f"{response.status_code} with {len(response.content)} bytes")
+        if response.headers.get("Content-Type") != "image/png":
+            return report.record("storage", False, "the store returned Content-Type "
+                                 f"{response.headers.get('Content-Type')!r} for a PNG")
+        failed = await pool.run(storage.delete_many, [key])
+        if failed or await pool.run(storage.head, key) is not None:
+            return report.record("storage", False, f"{key} could not be deleted")
+    except StorageUnavailable as exc:
+        return report.record("storage", False, str(exc))
+    except requests.RequestException as exc:
+        return report.record("storage", False, f"presigned read failed: {type(exc).__name__}")
+    elapsed = int((time.monotonic() - started) * 1000)
+    return report.record("storage", True, f"bucket {storage.bucket}: write, presigned read, delete ok "
+                         f"({elapsed} ms)")
+
+
+async def _check_swap(app: SwapperApp, report: Report) -> None:
+    try:
+        reference, target = sample_faces()
+    except (ImportError, OSError) as exc:
+        report.record("swap", False, f"the sample photos are unavailable ({exc}); "
+                      "install matplotlib and scikit-image")
+        return
+    core = app.core
+    started = time.monotonic()
+    job_id = f"doctor-{secrets.token_hex(4)}"
+    events: list[swapper_pb2.SwapEvent] = []
+
+    async def collect(event: swapper_pb2.SwapEvent) -> None:
+        events.append(event)
+        kind = event.WhichOneof("event")
+        if kind == "submitted":
+            report.out(f"  submitted {event.submitted.remote_job_id} to {event.submitted.endpoint}")
+        elif kind == "remote_status":
+            status = event.remote_status
+            report.out(f"  remote {status.status} (delay {status.delay_time_ms} ms, "
+                       f"execution {status.execution_time_ms} ms)")
+
+    try:
+        key, _ = await core.put_reference(job_id, reference)
+        await core.swap(swapper_pb2.SwapRequest(job_id=job_id, image_index=0, target_image=target,
+                                                reference_key=key), collect)
+    except Exception as exc:  # the doctor reports every failure instead of crashing
+        report.record("swap", False, f"{type(exc).__name__}: {exc}")
+        return
+    results = [event.result for event in events if event.WhichOneof("event") == "result"]
+    if len(results) != 1:
+        report.record("swap", False, f"expected one result event, got {len(results)}")
+        return
+    result = results[0]
+    if result.method != common_pb2.FACE_SWAP_METHOD_EXTERNAL_API:
+        reason = common_pb2.FallbackReason.Name(result.fallback_reason)
+        report.record("swap", False, f"fell back ({reason}): {result.fallback_message}")
+        return
+    try:
+        fetched = await app.storage_pool.run(requests.get, result.url, timeout=30)
+        info = inspect_image(fetched.content, "the stored result")
+    except Exception as exc:  # any failure to read the result back fails the check
+        report.record("swap", False, f"the stored result cannot be read back: {exc}")
+        return
+    elapsed = time.monotonic() - started
+    report.record("swap", True, f"external_api {info.width}x{info.height} {info.mime} in {elapsed:.1f} s "
+                  f"({result.key})")

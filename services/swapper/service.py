@@ -1,0 +1,149 @@
+"""The gRPC servicer and the wiring of the swapper's parts (pools, storage, RunPod client)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import grpc
+
+from facegen.v1 import swapper_pb2, swapper_pb2_grpc
+from services.common import logs
+from services.common.secrets import mask
+from services.swapper.backoff import Backoff
+from services.swapper.blocking import BlockingPool
+from services.swapper.embedded_s3 import EmbeddedS3
+from services.swapper.endpoints import Endpoint, build_endpoints
+from services.swapper.remote import RemoteSwapper
+from services.swapper.runpod import RunPodClient
+from services.swapper.settings import Settings
+from services.swapper.storage import ObjectStore, Storage, StorageUnavailable
+from services.swapper.swap import Swapper
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = swapper_pb2.DESCRIPTOR.services_by_name["SwapperService"].full_name
+_EMBEDDED_CREDENTIALS = "facegen-embedded"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class SwapperServicer(swapper_pb2_grpc.SwapperServiceServicer):
+    """``facegen.v1.SwapperService`` over the ``Swapper`` core."""
+
+    def __init__(self, core: Swapper) -> None:
+        self.core = core
+
+    async def PutReference(self, request: swapper_pb2.PutReferenceRequest,
+                           context: grpc.aio.ServicerContext) -> swapper_pb2.PutReferenceResponse:
+        key, deduplicated = await self.core.put_reference(request.job_id, request.image)
+        return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
+
+    async def Swap(self, request: swapper_pb2.SwapRequest,
+                   context: grpc.aio.ServicerContext) -> None:
+        await self.core.swap(request, context.write, context.time_remaining())
+
+
+class SwapperApp:
+    """Everything one swapper process runs; ``start`` makes storage ready, ``stop`` releases it all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http_pool = BlockingPool("runpod-http", settings.http_threads)
+        self.storage_pool = BlockingPool("storage", settings.storage_threads)
+        self.embedded: EmbeddedS3 | None = None
+        self.storage: Storage | None = None
+        self.client: RunPodClient | None = None
+        self.endpoints: list[Endpoint] = []
+        remote = None
+        runpod = settings.runpod
+        if runpod.enabled and runpod.api_key:
+            self.client = RunPodClient(runpod.api_base, runpod.api_key, pool_size=settings.http_threads)
+            self.endpoints = build_endpoints(runpod)
+            remote = RemoteSwapper(runpod, self.client, self.endpoints, self.http_pool, self.storage_pool)
+        self.core = Swapper(settings, self.storage_pool, remote)
+        self.servicer = SwapperServicer(self.core)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the servicer to a gRPC server."""
+        swapper_pb2_grpc.add_SwapperServiceServicer_to_server(self.servicer, server)
+
+    @property
+    def store(self) -> ObjectStore | None:
+        """The object store once ready."""
+        return self.core.store
+
+    def describe(self) -> dict[str, str]:
+        """The configuration worth logging at start (secrets masked)."""
+        runpod = self.settings.runpod
+        host = urlsplit(runpod.api_base).hostname or ""
+        if runpod.enabled and not runpod.api_base.startswith("https://") and host not in _LOOPBACK:
+            logs.event(log, "runpod.insecure_base", logging.WARNING, api_base=runpod.api_base,
+                       hint="the API key travels unencrypted; use https outside loopback")
+        return {
+            "storage": self.settings.storage.endpoint_url or "embedded",
+            "bucket": self.settings.storage.bucket,
+            "endpoints": ",".join(runpod.endpoints) or "none (swapping disabled)",
+            "api_base": runpod.api_base,
+            "api_key": mask(runpod.api_key),
+            "long_poll_ms": str(runpod.status_wait_ms),
+        }
+
+    def build_storage(self) -> Storage:
+        """The blocking storage client (starts the embedded server when no endpoint is set)."""
+        if self.storage is not None:
+            return self.storage
+        storage_settings = self.settings.storage
+        if storage_settings.embedded:
+            host, _, port = storage_settings.embedded_listen.rpartition(":")
+            self.embedded = EmbeddedS3(host or "127.0.0.1", int(port or 0)).start()
+            logs.event(log, "storage.embedded", url=self.embedded.url,
+                       note="in-memory S3 on loopback; objects vanish when the process ends")
+            endpoint, key_id, secret = self.embedded.url, _EMBEDDED_CREDENTIALS, _EMBEDDED_CREDENTIALS
+        else:
+            assert storage_settings.endpoint_url is not None
+            endpoint = storage_settings.endpoint_url
+            key_id = storage_settings.access_key_id or ""
+            secret = storage_settings.secret_access_key or ""
+        self.storage = Storage(storage_settings, endpoint, key_id, secret, pool_size=self.settings.storage_threads)
+        return self.storage
+
+    async def start_once(self) -> None:
+        """Checks storage once; raises StorageUnavailable with the reason when it is not usable."""
+        storage = await self.storage_pool.run(self.build_storage)
+        notes = await self.storage_pool.run(storage.ensure_ready)
+        self.core.store = ObjectStore(storage, self.storage_pool)
+        logs.event(log, "storage.ready", bucket=storage.bucket, endpoint=storage.endpoint_url,
+                   notes="; ".join(notes) or "-")
+
+    async def start(self) -> None:
+        """Makes storage ready, retrying with backoff; the service stays NOT_SERVING until then.
+
+        A missing bucket or rejected credentials is logged clearly on every
+        attempt instead of crashing the process into a restart loop; fixing
+        the bucket makes the service ready without a restart.
+        """
+        logs.event(log, "swapper.config", logging.INFO, **self.describe())
+        backoff = Backoff(base=1.0, factor=2.0, cap=30.0)
+        attempt = 0
+        while True:
+            try:
+                await self.start_once()
+                return
+            except StorageUnavailable as exc:
+                self.core.not_ready_reason = str(exc)
+                logs.event(log, "storage.not_ready", logging.ERROR, message=str(exc), attempt=attempt + 1)
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt += 1
+
+    async def stop(self) -> None:
+        """Releases threads, connections and the embedded server (after the server drained)."""
+        self.core.store = None
+        self.core.not_ready_reason = "the swapper is stopping"
+        if self.client is not None:
+            self.client.close()
+        await asyncio.to_thread(self.http_pool.shutdown, True)
+        await asyncio.to_thread(self.storage_pool.shutdown, True)
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
