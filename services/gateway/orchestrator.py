@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -203,9 +204,9 @@ class JobRun:
             expected.discard(image.index)
             if not expected:
                 self._progress.generation_done()
+            self._start_swap(image.index, image.png, image.seed)
             await self._emit(GENERATING, f"image {image.index} generated ({image.width}x{image.height}, "
                                          f"seed {image.seed})", image_index=image.index)
-            self._start_swap(image.index, image.png, image.seed)
         elif kind == "done":
             self._progress.generation_done()
             await self._emit(GENERATING, f"generation finished (model {event.done.model or 'default'}, "
@@ -320,9 +321,11 @@ class JobRun:
             job_id=self.job_id, seq=self._seq, stage=stage, percent=self._progress.percent,
             message=message, image_index=image_index, denoise=denoise, remote=remote, image=image,
             result=result, queue_position=queue_position)
-        event.time.GetCurrentTime()
-        logs.event(log, "job.event", seq=self._seq, stage=STAGE_NAMES.get(stage, stage),
-                   percent=event.percent, image=image_index, message=message)
+        event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
+        # Denoising steps are the bulk of a job's events: they are logged at DEBUG only.
+        logs.event(log, "job.event", logging.DEBUG if denoise is not None else logging.INFO,
+                   seq=self._seq, stage=STAGE_NAMES.get(stage, stage), percent=event.percent,
+                   image=image_index, message=message)
         await self._store.append(self.job_id, event, state)
 
 

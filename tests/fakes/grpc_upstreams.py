@@ -22,6 +22,7 @@ import asyncio
 import functools
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -152,10 +153,13 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
         self.cancelled: list[str] = []
         self.active = 0
         self.calls = 0
+        # Job id -> seconds from the call's start to its last image (what the generator "spent").
+        self.durations: dict[str, float] = {}
 
     async def Generate(self, request: generator_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[generator_pb2.GenerateEvent]:
         script = self.script
+        started = time.perf_counter()
         self.requests.append(request)
         self.calls += 1
         self.active += 1
@@ -186,6 +190,7 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
             for index in range(sent):
                 if script.fail is not None and script.fail_after_images == index:
                     await context.abort(script.fail, script.fail_message)
+                self.durations[request.job_id] = time.perf_counter() - started
                 yield generator_pb2.GenerateEvent(image=generator_pb2.GeneratedImage(
                     index=index, png=png_bytes(width, height), width=width, height=height,
                     seed=base_seed + index))
@@ -225,10 +230,14 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self.active = 0
         # Most Swap calls seen in flight at once.
         self.max_active = 0
+        # Seconds each PutReference (by job id) and each Swap (by job id and image) took.
+        self.put_durations: dict[str, float] = {}
+        self.swap_durations: dict[tuple[str, int], float] = {}
 
     async def PutReference(self, request: swapper_pb2.PutReferenceRequest,
                            context: grpc.aio.ServicerContext) -> swapper_pb2.PutReferenceResponse:
         script = self.script
+        started = time.perf_counter()
         self.puts.append(request.job_id)
         self._notify()
         try:
@@ -245,12 +254,14 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         key = f"refs/{hashlib.sha256(request.image).hexdigest()}.{extension}"
         deduplicated = key in self.references
         self.references[key] = request.image if self.keep_images else b""
+        self.put_durations[request.job_id] = time.perf_counter() - started
         self._notify()
         return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
 
     async def Swap(self, request: swapper_pb2.SwapRequest,
                    context: grpc.aio.ServicerContext) -> AsyncIterator[swapper_pb2.SwapEvent]:
         script = self.script
+        started = time.perf_counter()
         index = request.image_index
         self.swaps.append(SwapCall(
             job_id=request.job_id, image_index=index, reference_key=request.reference_key,
@@ -295,6 +306,7 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
                         remote_job_id=remote_id, endpoint=FAKE_ENDPOINT, status=status,
                         delay_time_ms=5, execution_time_ms=round(delay * 1000 * number / count)))
                 await _sleep_until(start + delay)
+            self.swap_durations[(request.job_id, index)] = time.perf_counter() - started
             yield swapper_pb2.SwapEvent(result=result)
         except asyncio.CancelledError:
             self.cancelled_swaps.append((request.job_id, index))
