@@ -9,9 +9,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 COPY constraints.txt /tmp/constraints.txt
 # Only the distributions the swapper imports (tests/unit/deploy checks this list
 # against its imports), each pinned by constraints.txt: no torch, no diffusers.
+# matplotlib and scikit-image ship the two sample portraits that
+# `python -m services.swapper doctor` swaps to check a deployment end to end
+# (about 250 MB with numpy and scipy; remove them if you never run the doctor in
+# the container). moto is left out: the embedded store runs only when S3_ENDPOINT_URL
+# is unset (its module still needs werkzeug to be importable).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
-        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 requests
+        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 requests \
+        werkzeug matplotlib scikit-image
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \

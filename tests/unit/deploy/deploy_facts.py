@@ -80,14 +80,14 @@ def top_level_imports(path: Path) -> list[str]:
 
 
 @functools.cache
-def _packages_distributions() -> dict[str, list[str]]:
+def packages_distributions() -> dict[str, list[str]]:
     """Top-level module → distributions (slow: reads every installed RECORD, so once)."""
     return dict(importlib.metadata.packages_distributions())
 
 
 def third_party_distributions(service: str, exclude: frozenset[Path] = frozenset()) -> dict[str, set[str]]:
     """Distribution → the modules of ``service`` that import it (stdlib and first party left out)."""
-    by_module = _packages_distributions()
+    by_module = packages_distributions()
     found: dict[str, set[str]] = {}
     for path in service_modules(service, exclude):
         for module in _imported_modules(path):

@@ -20,6 +20,7 @@ from tests.unit.deploy.deploy_facts import (
     PORTS,
     REPO,
     dependency_closure,
+    packages_distributions,
     pinned_names,
     service_modules,
     third_party_distributions,
@@ -31,12 +32,12 @@ pytestmark = pytest.mark.unit
 DOCKER = DEPLOY / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 CONSTRAINTS = REPO / "constraints.txt"
-# Modules that a slim image may leave without their dependencies, with the reason. The rest
-# of the service must import them only inside functions, so the image starts without them.
-OPTIONAL_MODULES = {
-    # The embedded loopback store (moto, werkzeug), used only when S3_ENDPOINT_URL is unset;
+# Distributions that a slim image leaves out on purpose, with the reason. The service
+# must import them only inside functions, so that the image starts without them.
+OPTIONAL_DISTRIBUTIONS = {
+    # moto backs the embedded loopback store, used only when S3_ENDPOINT_URL is unset;
     # containers always set it.
-    "swapper": {"services.swapper.embedded_s3"},
+    "swapper": {"moto"},
 }
 # A tag that names a version (digits), e.g. 3.11.13-slim-bookworm — not latest, not a bare distro name.
 VERSION_TAG = re.compile(r"\d+\.\d+")
@@ -147,6 +148,17 @@ def test_every_pip_install_is_pinned_by_the_constraints(path: Path) -> None:
         assert set(names) <= pinned, f"{path.name}: {set(names) - pinned} not pinned in constraints.txt"
 
 
+def test_everything_the_images_install_is_pinned_with_its_dependencies() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requested = {str(canonicalize_name(Requirement(line).name)) for line in pyproject["project"]["dependencies"]}
+    for path in DOCKERFILES:
+        for args in pip_installs(path):
+            requested.update(installed_names(args))
+    # The packaging tools come with the venv; torch's CUDA wheels pin their nvidia-* deps themselves.
+    unpinned = dependency_closure(frozenset(requested)) - pinned_names(CONSTRAINTS) - {"pip", "setuptools", "wheel"}
+    assert not unpinned, f"installed by the images but not pinned in constraints.txt: {sorted(unpinned)}"
+
+
 @pytest.mark.parametrize("service", sorted(PORTS))
 def test_service_image_listens_exposes_checks_and_starts_the_service(service: str) -> None:
     path = DOCKER / f"{service}.Dockerfile"
@@ -175,15 +187,16 @@ def test_slim_images_install_everything_their_service_imports(service: str) -> N
     for args in pip_installs(DOCKER / f"{service}.Dockerfile"):
         listed.update(installed_names(args))
     available = dependency_closure(frozenset(listed))
-    optional = OPTIONAL_MODULES.get(service, set())
-    optional_files = frozenset(REPO / (name.replace(".", "/") + ".py") for name in optional)
-    assert all(path.is_file() for path in optional_files), "OPTIONAL_MODULES names a missing module"
-    needed = third_party_distributions(service, exclude=optional_files)
-    missing = {dist: sorted(where) for dist, where in needed.items() if dist not in available}
+    optional = OPTIONAL_DISTRIBUTIONS.get(service, set())
+    needed = third_party_distributions(service)
+    missing = {dist: sorted(where) for dist, where in needed.items()
+               if dist not in available and dist not in optional}
     assert not missing, f"{service}.Dockerfile does not install what these modules import: {missing}"
-    for path in service_modules(service, exclude=optional_files):
-        eager = [name for name in top_level_imports(path) if name in optional]
-        assert not eager, f"{path.relative_to(REPO)} imports {eager} at import time"
+    by_module = packages_distributions()
+    for path in service_modules(service):
+        eager = [name for name in top_level_imports(path)
+                 if optional & {str(canonicalize_name(d)) for d in by_module.get(name.split(".")[0], [])}]
+        assert not eager, f"{path.relative_to(REPO)} imports {eager} at import time, not in the image"
 
 
 def test_generator_image_installs_what_the_generator_imports() -> None:
