@@ -55,6 +55,8 @@ class JobManager:
                 return existing, False
         spec = await self._validator.validate(request)
         self.admission.reserve()
+        # This job was admitted last, so every other job in the backlog is ahead of it.
+        queue_ahead = self.admission.backlog - 1
         try:
             job_id, created = await self.store.create(uuid.uuid4().hex, key)
         except BaseException:
@@ -64,10 +66,10 @@ class JobManager:
             # Another submit with the same key won the race while this one was being validated.
             self.admission.release_unused()
             return job_id, False
-        run = JobRun(job_id, spec, self._services)
+        run = JobRun(job_id, spec, self._services, queue_ahead)
+        # Nothing is awaited from here on, so the job cannot be left without its task.
         with logs.job_context(job_id):
             logs.event(log, "job.submitted", **spec.summary)
-            await run.accept()
             task = run.start()
         self._runs[job_id] = run
         self._tasks[job_id] = task

@@ -52,8 +52,10 @@ class Services:
 class JobRun:
     """Runs one job and writes its events to the store."""
 
-    def __init__(self, job_id: str, spec: JobSpec, services: Services) -> None:
+    def __init__(self, job_id: str, spec: JobSpec, services: Services, queue_ahead: int = -1) -> None:
+        """``queue_ahead``: admitted jobs that will get a slot before this one (-1: it runs at once)."""
         self.job_id = job_id
+        self._queue_ahead = queue_ahead
         self.spec = spec
         self._services = services
         self._store = services.store
@@ -79,16 +81,18 @@ class JobRun:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def accept(self) -> None:
-        """Writes the first event (the job is queued); call before ``start``."""
+    async def _accept(self) -> None:
+        """Writes the job's first event: accepted, or waiting behind ``queue_ahead`` jobs."""
         self._clock.start(QUEUED)
-        # This job was admitted last, so every other job in the backlog is ahead of it.
-        ahead = self._services.admission.backlog - 1
+        ahead = self._queue_ahead
         message = f"waiting for a free slot ({ahead} jobs ahead)" if ahead >= 0 else "accepted"
         await self._emit(QUEUED, message, state=gateway_pb2.JOB_STATE_QUEUED, queue_position=max(0, ahead))
 
     def start(self) -> asyncio.Task[None]:
-        """Starts the job's task (in the current context, so its log lines carry the job id)."""
+        """Starts the job's task (in the current context, so its log lines carry the job id).
+
+        The task writes the job's first event, then waits for a running slot.
+        """
         self._task = asyncio.create_task(self._run(), name=f"job-{self.job_id}")
         return self._task
 
@@ -107,6 +111,7 @@ class JobRun:
             if self._cancel_reason is not None:
                 self._services.admission.release_unused()
                 raise asyncio.CancelledError
+            await self._accept()
             async with self._services.admission.slot():
                 self._clock.stop(QUEUED)
                 await self._execute()

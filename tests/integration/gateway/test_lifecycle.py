@@ -144,9 +144,12 @@ async def test_past_the_running_and_queued_limits_jobs_are_refused(
     assert (waiting.state, waiting.stage) == (gateway_pb2.JOB_STATE_QUEUED, gateway_pb2.STAGE_QUEUED)
     assert upstreams.generator.calls == 1
     gate.set()
+    firsts = []
     for job_id in (running.job_id, queued.job_id):
         events = await collect(gateway.stub.Watch(gateway_pb2.WatchRequest(job_id=job_id)))
         assert check_stream(events).state == gateway_pb2.JOB_STATE_COMPLETED
+        firsts.append(events[0].message)
+    assert firsts == ["accepted", "waiting for a free slot (0 jobs ahead)"]
     assert upstreams.generator.calls == 2
     # Capacity is free again.
     assert (await gateway.stub.Submit(job_request())).created

@@ -103,7 +103,6 @@ async def run_job(upstreams: ScriptedUpstreams, **request_fields: object) -> lis
     services = Services(settings(), store, cast(Upstreams, upstreams), Admission(2, 2))
     services.admission.reserve()
     run = JobRun("job-1", spec, services)
-    await run.accept()
     await asyncio.wait_for(run.start(), 5)
     return [ev async for ev in store.watch("job-1", 0)]
 
@@ -241,11 +240,12 @@ async def test_a_job_cancelled_before_it_ran_still_ends_with_one_cancelled_event
     services = Services(settings(), store, cast(Upstreams, ScriptedUpstreams()), Admission(1, 1))
     services.admission.reserve()
     run = JobRun("job-1", spec, services)
-    await run.accept()
     task = run.start()
     run.cancel("cancelled by a test")
     await asyncio.wait_for(task, 5)
-    result = check_stream([ev async for ev in store.watch("job-1", 0)])
+    events = [ev async for ev in store.watch("job-1", 0)]
+    assert len(events) == 1
+    result = events[0].result
     assert (result.state, result.code, result.message) == (
         gateway_pb2.JOB_STATE_CANCELLED, "CANCELLED", "cancelled by a test")
     assert services.admission.waiting == 0 and services.admission.running == 0
