@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from services.generator.catalog import load_catalog
-from tests.unit.deploy.deploy_facts import DEPLOY, PORTS, known_env_vars
+from tests.unit.deploy.deploy_facts import DEPLOY, PORTS, REPO, known_env_vars
 from tests.unit.deploy.kustomize_render import (
     KustomizeError,
     Obj,
@@ -333,7 +333,9 @@ def test_local_overlay_wires_the_swapper_to_the_in_cluster_stand_ins() -> None:
     worker = container(objects, "faceswap-worker", "worker")
     args = worker["args"]
     assert args[args.index("--endpoint-id") + 1] == env["FACE_SWAP_ENDPOINT"]
-    assert args[args.index("--api-key") + 1] == "$(RUNPOD_API_KEY)"
+    assert "--api-key" not in args, "the key belongs in the environment, not the command line"
+    endpoint_main = (REPO / "services/faceswap_worker/endpoint/__main__.py").read_text()
+    assert 'os.environ.get("RUNPOD_API_KEY"' in endpoint_main, "the endpoint no longer reads RUNPOD_API_KEY"
     key_ref = next(v for v in worker["env"] if v["name"] == "RUNPOD_API_KEY")["valueFrom"]["secretKeyRef"]
     swapper_spec = find(objects, "Deployment", "swapper")["spec"]["template"]["spec"]
     runpod_volume = next(v for v in swapper_spec["volumes"] if v["name"] == "runpod-credentials")
