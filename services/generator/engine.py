@@ -26,7 +26,7 @@ from services.common import logs
 from services.common.errors import Unavailable
 from services.generator.batcher import Batcher
 from services.generator.catalog import Catalog
-from services.generator.device import Device
+from services.generator.device import Device, torch_threads
 from services.generator.jobs import Job, done_event, image_event
 from services.generator.params import GenerationParams
 from services.generator.pipelines import PipelineRegistry
@@ -57,8 +57,9 @@ class Engine:
         self.ready = False
 
     def _init_device_thread(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = torch_threads(self.settings.torch_threads, self.device)
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     async def start(self) -> None:
         """Starts the worker that feeds the device (requests queue from now on)."""
@@ -89,7 +90,8 @@ class Engine:
             return
         job.cancel()
         waiting = self._batcher.withdraw(job)
-        logs.event(log, "generate.cancelled", where="queue" if waiting else "device")
+        logs.event(log, "generate.cancelled", where="queue" if waiting else "device",
+                   after_step=job.cancelled_after_step)
 
     def list_models(self) -> common_pb2.ListModelsResponse:
         """Every catalog model with its limits, and whether it is in memory."""
@@ -136,8 +138,9 @@ class Engine:
             try:
                 output = await self._on_device(self._run_on_device, live)
             except BatchInterrupted as stop:
-                self.history.append(BatchRecord(ids, images, stop.step, "cancelled"))
-                logs.event(log, "generate.interrupted", step=stop.step)
+                cancelled_after = max(job.cancelled_after_step or 0 for job in live)
+                self.history.append(BatchRecord(ids, images, stop.step, "cancelled", cancelled_after))
+                logs.event(log, "generate.interrupted", step=stop.step, cancelled_after_step=cancelled_after)
                 return
             except Exception as exc:
                 self.history.append(BatchRecord(ids, images, 0, "failed"))

@@ -28,7 +28,13 @@ class Job:
         # Set from the event loop when the caller goes away; read by the device thread each step.
         self.cancelled = threading.Event()
         self.last_position: int | None = None
+        # Denoising steps finished for this job (written by the device thread).
+        self.progress = 0
+        # ``progress`` when the caller cancelled, to check that the loop stopped within one step.
+        self.cancelled_after_step: int | None = None
         self._loop = loop
+        # Jobs are created on the event loop's thread; events emitted there skip the thread hop.
+        self._loop_thread = threading.get_ident()
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._closed = False
 
@@ -51,6 +57,8 @@ class Job:
 
     def cancel(self) -> None:
         """Marks the job cancelled: the denoising loop stops at the end of its current step."""
+        if self.cancelled_after_step is None:
+            self.cancelled_after_step = self.progress
         self.cancelled.set()
         self._closed = True
 
@@ -70,6 +78,9 @@ class Job:
             return
         if final:
             self._closed = True
+        if threading.get_ident() == self._loop_thread:
+            self._events.put_nowait(item)
+            return
         # RuntimeError: the loop is closed, so the server is gone and so is the caller.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._events.put_nowait, item)

@@ -54,6 +54,8 @@ class BatchRecord:
     images: int
     steps_run: int
     outcome: str  # "done", "cancelled" or "failed"
+    # For a cancelled batch: the most steps any job had finished when its caller cancelled.
+    cancelled_after_step: int | None = None
 
 
 def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchOutput:
@@ -82,6 +84,7 @@ def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchO
         total = int(getattr(pipe, "num_timesteps", params.steps))
         latents = tensors["latents"]
         for job, offset in live:
+            job.progress = steps_run
             every = job.params.preview_every
             preview = b""
             if every and steps_run % every == 0:

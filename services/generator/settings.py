@@ -31,7 +31,7 @@ class Settings:
     # Images per pipeline call (1 disables batching).
     max_batch_images: int
     max_prompt_chars: int
-    # torch intra-op threads on a CPU; 0 keeps torch's default (one per core).
+    # torch intra-op threads; 0 = automatic (on a CPU one per core but one, see device.torch_threads).
     torch_threads: int
     warmup: bool
     # Pipelines kept in memory at once; the least recently used non-default one is dropped.

@@ -198,6 +198,15 @@ def is_built(root: Path) -> bool:
     return bool(info.get("version") == BUILD_VERSION)
 
 
+def ensure_built(preferred: Path, fallback: Path) -> Path:
+    """``preferred`` when it holds a current build (``make setup`` made one), else a build in ``fallback``."""
+    if is_built(preferred):
+        return preferred
+    if not is_built(fallback):
+        build_all(fallback)
+    return fallback
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m services.generator.tiny_models <dir>``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)

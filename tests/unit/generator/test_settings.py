@@ -1,0 +1,44 @@
+"""Generator settings from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.config import ConfigError, Env
+from services.generator.settings import DEFAULT_CATALOG, DEFAULT_MODELS_DIR, Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(Env({}))
+    assert settings.server.listen == "127.0.0.1:50052"
+    assert settings.catalog_path == DEFAULT_CATALOG
+    assert settings.models_dir == DEFAULT_MODELS_DIR
+    assert DEFAULT_MODELS_DIR.name == "models" and (DEFAULT_MODELS_DIR.parent / "services").is_dir()
+    assert (settings.device, settings.queue_size, settings.max_batch_images) == ("auto", 32, 8)
+    assert settings.batch_window_ms == 15 and settings.warmup is True
+
+
+def test_overrides(tmp_path: Path) -> None:
+    settings = Settings.from_env(Env({
+        "GENERATOR_LISTEN": "0.0.0.0:9000", "GENERATOR_CATALOG": str(tmp_path / "c.toml"),
+        "GENERATOR_MODELS_DIR": str(tmp_path), "GENERATOR_DEVICE": "cuda:1", "GENERATOR_QUEUE_SIZE": "3",
+        "GENERATOR_BATCH_WINDOW_MS": "0", "GENERATOR_MAX_BATCH": "1", "GENERATOR_WARMUP": "false",
+        "GENERATOR_TORCH_THREADS": "2",
+    }))
+    assert settings.server.listen == "0.0.0.0:9000"
+    assert settings.catalog_path == tmp_path / "c.toml" and settings.models_dir == tmp_path
+    assert (settings.device, settings.queue_size, settings.batch_window_ms) == ("cuda:1", 3, 0)
+    assert (settings.max_batch_images, settings.warmup, settings.torch_threads) == (1, False, 2)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("GENERATOR_DEVICE", "tpu"), ("GENERATOR_QUEUE_SIZE", "0"), ("GENERATOR_MAX_BATCH", "many"),
+    ("GENERATOR_BATCH_WINDOW_MS", "-1"),
+])
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(Env({name: value}))
