@@ -33,7 +33,8 @@ class JobManager:
                                                settings.max_events_per_job)
         self.admission = Admission(settings.max_running_jobs, settings.max_queued_jobs)
         self._services = Services(settings, self.store, upstreams, self.admission)
-        self._validator = RequestValidator(max_decodes=max(2, os.cpu_count() or 2))
+        # Decoding a 40 MP image takes ~160 MB for a moment: a few at a time, whatever the core count.
+        self._validator = RequestValidator(max_decodes=min(4, max(2, os.cpu_count() or 2)))
         self._runs: dict[str, JobRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 

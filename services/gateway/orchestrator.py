@@ -74,11 +74,6 @@ class JobRun:
         self._swaps: list[asyncio.Task[None]] = []
         self._swap_slots = asyncio.Semaphore(services.settings.swap_concurrency)
 
-    @property
-    def ended(self) -> bool:
-        """True once the terminal event was written."""
-        return self._ended
-
     # -- lifecycle -----------------------------------------------------------------
 
     async def _accept(self) -> None:
