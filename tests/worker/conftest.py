@@ -88,13 +88,14 @@ class RunningEndpoint:
         return dict(resp.json())
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 30) -> dict[str, object]:
-        """Long-poll until the job reaches one of ``statuses``."""
+        """Poll (a plain look, then a long-poll that returns on the next change) until the job reaches ``statuses``."""
         deadline = time.monotonic() + timeout
         body: dict[str, object] = {}
         while time.monotonic() < deadline:
-            body = self.get(f"status/{job_id}?wait=2000").json()
-            if body["status"] in statuses:
-                return body
+            for query in ("", "?wait=2000"):
+                body = self.get(f"status/{job_id}{query}").json()
+                if body["status"] in statuses:
+                    return body
         raise AssertionError(f"job {job_id} stayed {body.get('status')} (wanted {statuses})")
 
     def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
