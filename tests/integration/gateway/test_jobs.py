@@ -209,3 +209,15 @@ async def test_a_bearer_token_is_required_when_configured(start_gateway: Gateway
     assert check_stream(events).state == gateway_pb2.JOB_STATE_COMPLETED
     models = await gateway.stub.ListModels(common_pb2.ListModelsRequest(), metadata=good)
     assert models.models
+
+
+async def test_previews_reach_live_watchers_but_are_not_kept_in_the_history(
+        gateway: Gateway, upstreams: FakeUpstreams) -> None:
+    upstreams.generator.script.step_delay = 0.01
+    events = await collect(gateway.stub.Run(job_request(steps=4, preview_every=2)))
+    check_stream(events)
+    live = [(ev.denoise.step, bool(ev.denoise.preview_png)) for ev in events if ev.HasField("denoise")]
+    assert live == [(1, False), (2, True), (3, False), (4, True)]
+    replay = await collect(gateway.stub.Watch(gateway_pb2.WatchRequest(job_id=events[0].job_id)))
+    assert [ev.seq for ev in replay] == [ev.seq for ev in events]
+    assert not any(ev.denoise.preview_png for ev in replay)
