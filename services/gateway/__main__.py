@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.common import logs
+from services.common.config import ConfigError
 from services.common.secrets import mask
 from services.common.server import run_until_signal
 from services.gateway.app import GatewayApp
@@ -16,7 +17,12 @@ log = logging.getLogger("services.gateway")
 
 async def main() -> None:
     """Serves until SIGTERM/SIGINT, then drains Run streams and cancels what is left."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        logs.configure("gateway")
+        logs.event(log, "config.invalid", logging.ERROR, error=exc)
+        raise SystemExit(2) from None
     logs.configure("gateway", settings.log_level)
     app = GatewayApp(settings)
 
