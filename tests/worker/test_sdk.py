@@ -1,0 +1,81 @@
+"""Faithfulness: the official runpod SDK client (runpod.Endpoint) drives the local endpoint as it would the real one."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+
+import pytest
+import runpod
+from PIL import Image
+
+from tests.worker.conftest import RunningEndpoint, start_endpoint
+from tests.worker.test_endpoint import TINY
+
+pytestmark = pytest.mark.integration
+
+
+def _point_sdk_at(monkeypatch: pytest.MonkeyPatch, ep: RunningEndpoint, key: str | None = None) -> runpod.Endpoint:
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"http://127.0.0.1:{ep.port}/v2")
+    monkeypatch.setattr(runpod, "api_key", key or ep.api_key)
+    return runpod.Endpoint(ep.endpoint_id)
+
+
+@pytest.fixture(scope="module")
+def slow_endpoint() -> Iterator[RunningEndpoint]:
+    ep = start_endpoint("--simulate-ms", "30000", workers=1, endpoint_id="ep-slow")
+    yield ep
+    ep.stop()
+
+
+def test_run_status_output(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint,
+                           astronaut_uri: str, grace_uri: str) -> None:
+    endpoint = _point_sdk_at(monkeypatch, real_endpoint)
+    job = endpoint.run({"process_type": "single_image", "source_file": grace_uri, "target_file": astronaut_uri,
+                        "options": {"mouth_mask": True, "use_face_enhancer": False}})
+    assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
+    output = job.output(timeout=60)
+    assert job.status() == "COMPLETED"
+    image = Image.open(io.BytesIO(base64.b64decode(output["result"])))
+    assert image.format == "JPEG" and image.size == (512, 512)
+
+
+def test_run_sync_and_failed_job(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint,
+                                 astronaut_uri: str, grace_uri: str) -> None:
+    endpoint = _point_sdk_at(monkeypatch, real_endpoint)
+    output = endpoint.run_sync({"process_type": "detect_faces", "image_file": astronaut_uri}, timeout=60)
+    assert output["face_count"] == 1
+    failing = endpoint.run({"source_file": TINY["source_file"], "target_file": astronaut_uri})
+    assert failing.output(timeout=60) is None  # as against RunPod: a FAILED job has no output
+    assert failing.status() == "FAILED"
+    raw = failing._fetch_job()
+    assert raw["error"] == "no face found in source image"
+
+
+def test_health(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint) -> None:
+    health = _point_sdk_at(monkeypatch, real_endpoint).health()
+    assert health["workers"]["ready"] + health["workers"]["initializing"] == 2
+    assert health["jobs"]["completed"] >= 0
+
+
+def test_wrong_key_is_unauthorized(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint) -> None:
+    endpoint = _point_sdk_at(monkeypatch, real_endpoint, key="rpa_WRONG")
+    with pytest.raises(RuntimeError, match="Unauthorized"):
+        endpoint.health()
+
+
+def test_cancel_and_purge(monkeypatch: pytest.MonkeyPatch, slow_endpoint: RunningEndpoint) -> None:
+    endpoint = _point_sdk_at(monkeypatch, slow_endpoint)
+    running = endpoint.run(TINY)
+    deadline = time.monotonic() + 10
+    while running.status() != "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    queued = endpoint.run(TINY)
+    assert queued.status() == "IN_QUEUE"
+    assert endpoint.purge_queue() == {"removed": 1, "status": "completed"}
+    assert running.cancel() == {"id": running.job_id, "status": "CANCELLED"}
+    assert running.status() == "CANCELLED"
+    assert running.output() is None
