@@ -26,8 +26,8 @@ def grace_hopper_jpg() -> bytes:
     """matplotlib's grace_hopper.jpg sample (US Navy; public domain) as its original JPEG bytes, 512×600."""
     import matplotlib.cbook
 
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        return bytes(f.read())
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return Path(str(path)).read_bytes()
 
 
 def astronaut() -> np.ndarray:

@@ -34,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags, each defaulting to its FACESWAP_ENDPOINT_<NAME> variable."""
     p = argparse.ArgumentParser(prog="python -m services.faceswap_worker.endpoint", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="loopback address to bind")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                   help="address to bind: loopback by default; 0.0.0.0 only inside a container")
     p.add_argument("--port", type=int, default=int(_env("PORT", "8000")), help="0 picks a free port")
     p.add_argument("--endpoint-id", default=_env("ID", "local-faceswap"))
     p.add_argument("--api-key", default=_env("API_KEY", os.environ.get("RUNPOD_API_KEY", "")),
@@ -66,13 +67,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("an API key is required (--api-key or FACESWAP_ENDPOINT_API_KEY)")
     if args.workers < 1:
         p.error("--workers must be at least 1")
-    try:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        p.error(f"--host must be a loopback address, got {args.host!r}")
     return args
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _faults(args: argparse.Namespace) -> Faults:
@@ -116,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     endpoint = Endpoint(ServerConfig(args.endpoint_id, args.api_key), store, slots, faults)
     httpd = EndpointHTTPServer((args.host, args.port), endpoint)
     host, port = str(httpd.server_address[0]), int(httpd.server_address[1])
+    if not is_loopback(args.host):
+        log.event("endpoint.exposed", logging.WARNING, host=args.host,
+                  note="listening beyond loopback; meant for a container network only")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
