@@ -53,14 +53,17 @@ class FaceSwapWorker:
         self.engine = engine or build_engine(self.settings)
 
     def warm_up(self) -> None:
-        """Run detection and mesh once on a real face so the first job does not pay for graph initialisation."""
+        """Run one whole swap so the first job does not pay for graph initialisation and first calls."""
         try:
             from services.faceswap_worker.samples import astronaut
 
             image = astronaut()
         except ImportError:  # sample packages missing in a slimmed image: warm the detector alone
             image = np.full((64, 64, 3), 128, np.uint8)
-        self.engine.detector.detect(image)
+        try:
+            self.engine.swap(image, image, SwapOptions(mouth_mask=True, use_face_enhancer=True))
+        except NoFaceError:
+            pass  # the grey stand-in has no face; the detector graphs are initialised all the same
 
     def run(self, job_input: Any) -> dict[str, Any]:
         """The handler's output for one job input: a success dict or ``{"error": message}``."""
