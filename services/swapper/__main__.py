@@ -30,16 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "doctor"),
                         help="serve (default) or doctor (check the configuration end to end)")
     args = parser.parse_args(argv)
-    logs.configure("swapper", "WARNING" if args.command == "doctor" else "INFO")
+    if args.command == "doctor":
+        from services.swapper.doctor import main as doctor_main
+
+        return doctor_main()
+    logs.configure("swapper")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"swapper: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "doctor":
-        from services.swapper.doctor import run_doctor
-
-        return asyncio.run(run_doctor(settings))
     asyncio.run(serve(settings))
     return 0
 

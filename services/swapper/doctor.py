@@ -8,6 +8,7 @@ The exit code is 0 only when every check passes.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 import time
@@ -58,6 +59,20 @@ def sample_faces() -> tuple[bytes, bytes]:
     target = io.BytesIO()
     Image.fromarray(skimage_data.astronaut()).save(target, "PNG")
     return reference, target.getvalue()
+
+
+def main() -> int:
+    """Reads the settings from the environment and runs the doctor; returns the exit code."""
+    from services.common import logs
+    from services.common.config import ConfigError
+
+    logs.configure("swapper", "WARNING")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"FAIL config: {exc}")
+        return 2
+    return asyncio.run(run_doctor(settings))
 
 
 async def run_doctor(settings: Settings, out: Print = print) -> int:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import secrets as pysecrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ _RULE_IDS = {"facegen-tmp": TEMP_PREFIX, "facegen-refs": REFS_PREFIX, "facegen-r
 _MAX_DELETE_BATCH = 1000  # the S3 DeleteObjects limit
 # A reference known to exist is trusted this long before asking the store again.
 _KNOWN_REFERENCE_TTL_S = 600.0
+# One boto3 session for the process: each new session parses the S3 service model
+# again (~0.3 s); client creation from a session is not thread-safe, hence the lock.
+_SESSION_LOCK = threading.Lock()
+_SESSION: boto3.session.Session | None = None
+
+
+def _session() -> boto3.session.Session:
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = boto3.session.Session()
+    return _SESSION
 
 
 class StorageUnavailable(Unavailable):
@@ -86,7 +98,13 @@ class Storage:
         self.bucket = settings.bucket
         self.endpoint_url = endpoint_url
         self._key_id = access_key_id
-        self.client = boto3.session.Session().client(
+        with _SESSION_LOCK:
+            self.client = self._make_client(endpoint_url, access_key_id, secret_access_key, pool_size)
+
+    def _make_client(self, endpoint_url: str, access_key_id: str, secret_access_key: str,
+                     pool_size: int) -> Any:
+        settings = self.settings
+        return _session().client(
             "s3",
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,

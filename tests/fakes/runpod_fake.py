@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -426,14 +427,13 @@ class FakeRunPod:
         first = job.status_at(now)
         while True:
             now = time.monotonic()
-            if job.status_at(now) != first or now >= until:
+            status = job.status_at(now)
+            if status != first or status not in ("IN_QUEUE", "IN_PROGRESS") or now >= until:
                 return
             timeout = min(until, job.next_change(now)) - now
             job.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.changed.wait(), timeout=max(0.0, timeout))
-            except TimeoutError:
-                pass
 
     async def _describe(self, job: FakeJob) -> dict[str, Any]:
         now = time.monotonic()
@@ -527,7 +527,7 @@ _OMIT = object()
 def _fetch_inputs(job_input: dict[str, Any]) -> tuple[bytes, bytes]:
     fetched = []
     for key in ("source_file", "target_file"):
-        with urllib.request.urlopen(job_input[key], timeout=10) as response:  # noqa: S310 - loopback test server
+        with urllib.request.urlopen(job_input[key], timeout=10) as response:
             data = response.read()
         Image.open(io.BytesIO(data)).verify()
         fetched.append(data)
