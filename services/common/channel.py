@@ -24,5 +24,8 @@ def internal_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) ->
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.enable_retries", 1),
+            # After an upstream restart, reconnect within seconds, not gRPC's default two minutes.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
         ],
     )

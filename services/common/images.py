@@ -101,20 +101,23 @@ def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) 
 def sanitize(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> tuple[bytes, ImageInfo]:
     """Validates ``data``, applies its EXIF orientation and re-encodes it without metadata.
 
-    The format is kept (JPEG stays JPEG at quality 95, PNG and WebP stay
-    lossless where they were). Returns the clean bytes and their info.
+    The format is kept (JPEG and WebP at quality 95, PNG lossless).
+    Returns the clean bytes and their info.
     """
     info = inspect_image(data, field, limits)
     with Image.open(io.BytesIO(data)) as opened:
         image = ImageOps.exif_transpose(opened)
         if image.mode not in ("RGB", "RGBA", "L"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        # Encoders copy what ``info`` carries (EXIF, ICC profile, XMP, text chunks).
+        image.info.clear()
         out = io.BytesIO()
         if info.format == "JPEG":
             image.convert("RGB").save(out, "JPEG", quality=95)
         elif info.format == "PNG":
             image.save(out, "PNG")
         else:
-            image.save(out, "WEBP", lossless=True)
+            # Lossless would blow a lossy WebP photo up several times over.
+            image.save(out, "WEBP", quality=95)
     clean = out.getvalue()
     return clean, ImageInfo(info.format, info.mime, image.width, image.height)

@@ -11,7 +11,6 @@ to the process group, SIGKILL after a grace period), leaving no process behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -109,9 +108,15 @@ class ServiceProcess:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # The group may hold children (the endpoint's worker processes) that outlived their parent.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        # The group may hold children (the endpoint's worker processes) that outlived
+        # their parent: kill them too, and wait until the kernel has reaped them all.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
     @property
     def running(self) -> bool:
@@ -210,9 +215,9 @@ class LocalStack:
                            common, lambda: http_ok(f"{a.s3}/moto-api/"), start_timeout=60),
             ServiceProcess("runpod", [str(WORKER_PYTHON), "-m", "services.faceswap_worker.endpoint",
                                       "--host", "127.0.0.1", "--port", str(ports["runpod"]),
-                                      "--endpoint-id", ENDPOINT_ID, "--api-key", self.api_key,
-                                      "--workers", str(self.workers)],
-                           common, lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
+                                      "--endpoint-id", ENDPOINT_ID, "--workers", str(self.workers)],
+                           {**common, "FACESWAP_ENDPOINT_API_KEY": self.api_key},
+                           lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
             ServiceProcess("generator", [python, "-m", "services.generator"],
                            {**common, "GENERATOR_LISTEN": a.generator}, lambda: grpc_serving(a.generator),
                            start_timeout=300),

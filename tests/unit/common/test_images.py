@@ -78,3 +78,16 @@ def test_sanitize_applies_orientation_and_strips_metadata() -> None:
         # After a 90° clockwise turn the blue left half is on top.
         top, bottom = image.getpixel((10, 5)), image.getpixel((10, 35))
         assert top[2] > top[0] and bottom[0] > bottom[2]
+
+
+def test_sanitize_drops_png_text_and_icc_profile() -> None:
+    from PIL import ImageCms, PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Author", "Jane Secret")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = _encode(_photo(), "PNG", pnginfo=text, icc_profile=icc)
+    clean, _ = sanitize(data, "reference_image")
+    assert b"Jane Secret" not in clean
+    with Image.open(io.BytesIO(clean)) as image:
+        assert "icc_profile" not in image.info and not image.text

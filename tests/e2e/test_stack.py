@@ -1,0 +1,212 @@
+"""End to end through the real stack: the gateway, generator, swapper, S3 and the real worker.
+
+The tests share one stack and run in file order; the ones that break a
+service (endpoint down, storage stopped) come last.
+"""
+
+import io
+import os
+import time
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from facegen.v1 import common_pb2, gateway_pb2
+from services.common.images import sniff_mime
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = gateway_pb2.STAGE_TERMINAL
+# Where the astronaut's face is in scikit-image's 512x512 photo (left, top, right,
+# bottom): its core (eyes to mouth), and the face with its blend margin.
+FACE_CORE = (190, 90, 270, 180)
+FACE_BOX = (150, 40, 330, 260)
+
+
+def _job(face: bytes, **fields) -> gateway_pb2.JobRequest:
+    fields.setdefault("prompt", "portrait photo of a woman")
+    return gateway_pb2.JobRequest(reference_image=face, **fields)
+
+
+def _events_until(stream, stop) -> list[gateway_pb2.JobEvent]:
+    events = []
+    for event in stream:
+        events.append(event)
+        if stop(event):
+            break
+    return events
+
+
+def _terminal(events: list[gateway_pb2.JobEvent]) -> gateway_pb2.JobResult:
+    terminals = [e for e in events if e.stage == TERMINAL]
+    assert len(terminals) == 1 and events[-1] is terminals[0]
+    return terminals[0].result
+
+
+def _fetch(url: str) -> bytes:
+    response = requests.get(url, timeout=30)
+    response.raise_for_status()
+    return response.content
+
+
+def _assert_well_ordered(events: list[gateway_pb2.JobEvent]) -> None:
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    percents = [e.percent for e in events]
+    assert percents == sorted(percents) and percents[-1] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"reference_image": b"%PDF-1.7 this is not a picture"}, "reference_image"),
+        ({"prompt": "x" * 10_000}, "prompt"),
+        ({"width": 1000, "height": 1001}, "height"),
+    ],
+)
+def test_bad_inputs_are_rejected_at_the_gateway(gateway, face, change, needle) -> None:
+    request = _job(face)
+    for key, value in change.items():
+        setattr(request, key, value)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(gateway.Run(request, timeout=30))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in caught.value.details()
+
+
+def test_decompression_bomb_is_rejected(gateway) -> None:
+    out = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(out, "PNG")
+    with pytest.raises(grpc.RpcError) as caught:
+        gateway.Submit(_job(out.getvalue()), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pixels" in caught.value.details()
+
+
+def test_prompt_job_stores_the_image_and_says_why_the_swap_fell_back(gateway, face) -> None:
+    events = list(gateway.Run(_job(face, seed=42, steps=6), timeout=120))
+    result = _terminal(events)
+    _assert_well_ordered(events)
+    assert result.state == gateway_pb2.JOB_STATE_COMPLETED, result.message
+    steps = [e.denoise.step for e in events if e.HasField("denoise")]
+    assert steps == list(range(1, 7))
+    (image,) = result.images
+    assert image.seed == 42
+    assert image.face_swap_method == common_pb2.FACE_SWAP_METHOD_NONE
+    assert image.fallback_reason == common_pb2.FALLBACK_REASON_NO_FACE_FOUND
+    assert "face" in image.fallback_message
+    data = _fetch(image.url)
+    assert sniff_mime(data) == image.content_type
+    with Image.open(io.BytesIO(data)) as picture:
+        assert picture.size == (image.width, image.height)
+    assert result.reference_key
+
+
+def test_template_job_swaps_the_face_and_leaves_the_rest(gateway, face, template) -> None:
+    events = list(gateway.Run(_job(face, target_image=template), timeout=120))
+    result = _terminal(events)
+    assert result.state == gateway_pb2.JOB_STATE_COMPLETED, result.message
+    (image,) = result.images
+    assert image.face_swap_method == common_pb2.FACE_SWAP_METHOD_EXTERNAL_API, image.fallback_message
+    assert any(e.HasField("remote") and e.remote.status == "COMPLETED" for e in events)
+    swapped = np.asarray(Image.open(io.BytesIO(_fetch(image.url))).convert("RGB"), dtype=np.int16)
+    original = np.asarray(Image.open(io.BytesIO(template)).convert("RGB"), dtype=np.int16)
+    assert swapped.shape == original.shape
+    diff = np.abs(swapped - original).mean(axis=2)
+    left, top, right, bottom = FACE_CORE
+    assert diff[top:bottom, left:right].mean() > 15, "the face did not change"
+    left, top, right, bottom = FACE_BOX
+    outside = np.ones(diff.shape, dtype=bool)
+    outside[top:bottom, left:right] = False
+    # The worker returns a JPEG, so "unchanged" means within re-encoding noise.
+    assert diff[outside].mean() < 3, "pixels outside the face changed"
+
+
+def test_watch_reattaches_and_replays_after_the_client_drops(gateway, face) -> None:
+    job_id = gateway.Submit(_job(face, steps=20, seed=1), timeout=30).job_id
+    first = gateway.Watch(gateway_pb2.WatchRequest(job_id=job_id))
+    seen = _events_until(first, lambda e: e.HasField("denoise"))
+    first.cancel()
+    rest = list(gateway.Watch(gateway_pb2.WatchRequest(job_id=job_id, after_seq=seen[-1].seq), timeout=120))
+    events = seen + rest
+    _assert_well_ordered(events)
+    assert _terminal(events).state == gateway_pb2.JOB_STATE_COMPLETED
+    assert gateway.Get(gateway_pb2.GetRequest(job_id=job_id), timeout=10).state == gateway_pb2.JOB_STATE_COMPLETED
+
+
+def test_cancel_during_generation_stops_the_generator_and_stores_nothing(gateway, face, bucket, stack) -> None:
+    stream = gateway.Run(_job(face, steps=50, width=512, height=512), timeout=120)
+    events = _events_until(stream, lambda e: e.HasField("denoise"))
+    job_id = events[0].job_id
+    gateway.Cancel(gateway_pb2.CancelRequest(job_id=job_id), timeout=10)
+    events += list(stream)
+    result = _terminal(events)
+    assert result.state == gateway_pb2.JOB_STATE_CANCELLED
+    last_step = max(e.denoise.step for e in events if e.HasField("denoise"))
+    assert last_step < 50
+    assert not result.images
+    assert not [o.key for o in bucket.objects.all() if job_id in o.key]
+    generator_log = (stack.run_dir / "generator.log").read_text()
+    assert any(job_id in line and "cancel" in line for line in generator_log.splitlines())
+
+
+def test_cancel_while_the_remote_job_waits_cancels_it_on_runpod(gateway, face, template, runpod) -> None:
+    runpod.faults(hang_rate=1.0)
+    try:
+        stream = gateway.Run(_job(face, target_image=template), timeout=120)
+        events = _events_until(stream, lambda e: e.HasField("remote") and bool(e.remote.remote_job_id))
+        remote_id = events[-1].remote.remote_job_id
+        gateway.Cancel(gateway_pb2.CancelRequest(job_id=events[0].job_id), timeout=10)
+        events += list(stream)
+    finally:
+        runpod.faults(hang_rate=0.0)
+    assert _terminal(events).state == gateway_pb2.JOB_STATE_CANCELLED
+    deadline = time.monotonic() + 10
+    while runpod.status(remote_id).get("status") != "CANCELLED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runpod.status(remote_id)["status"] == "CANCELLED"
+
+
+def test_endpoint_down_falls_back_with_the_reason(gateway, face, template, stack) -> None:
+    stack.services["runpod"].stop()
+    try:
+        events = list(gateway.Run(_job(face, target_image=template), timeout=120))
+    finally:
+        stack.restart("runpod")
+    result = _terminal(events)
+    assert result.state == gateway_pb2.JOB_STATE_COMPLETED, result.message
+    (image,) = result.images
+    assert image.face_swap_method == common_pb2.FACE_SWAP_METHOD_NONE
+    assert image.fallback_reason == common_pb2.FALLBACK_REASON_ENDPOINT_UNAVAILABLE
+    assert _fetch(image.url)
+
+
+def test_storage_stopped_mid_job_is_a_clear_failure_without_urls(gateway, face, stack) -> None:
+    stream = gateway.Run(_job(face, steps=50, width=512, height=512), timeout=120)
+    events = _events_until(stream, lambda e: e.HasField("denoise"))
+    stack.services["s3"].stop()
+    events += list(stream)
+    result = _terminal(events)
+    assert result.state == gateway_pb2.JOB_STATE_FAILED
+    assert result.code == "UNAVAILABLE"
+    assert "cannot store an image" in result.message
+    assert not result.images
+    assert all(not e.HasField("image") or not e.image.url for e in events)
+
+
+def test_stopping_the_stack_leaves_no_process_behind(stack) -> None:
+    groups = [s.process.pid for s in stack.services.values() if s.process is not None]
+    stack.stop()
+    leftovers = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) in groups]
+    assert not leftovers
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
