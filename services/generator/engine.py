@@ -147,7 +147,8 @@ class Engine:
                 for job in live:
                     job.fail(exc)
                 return
-            self.history.append(BatchRecord(ids, images, output.steps_run, "done"))
+            left = tuple(job.params.job_id for job in live if job.cancelled.is_set())
+            self.history.append(BatchRecord(ids, images, output.steps_run, "done", cancelled_jobs=left))
             logs.event(log, "generate.finished", duration_ms=output.duration_ms, requests=len(live))
         task = asyncio.create_task(self._deliver(live, output))
         self._deliveries.add(task)

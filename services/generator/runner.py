@@ -56,6 +56,8 @@ class BatchRecord:
     outcome: str  # "done", "cancelled" or "failed"
     # For a cancelled batch: the most steps any job had finished when its caller cancelled.
     cancelled_after_step: int | None = None
+    # Jobs of a finished batch whose callers had left (their images were dropped).
+    cancelled_jobs: tuple[str, ...] = ()
 
 
 def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchOutput:

@@ -1,0 +1,61 @@
+"""``python -m services.generator`` as a process: starts, becomes healthy, serves, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from facegen.v1 import generator_pb2, generator_pb2_grpc
+from services.common.channel import internal_channel
+from services.generator.settings import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+async def read_until(stream: asyncio.StreamReader, pattern: str, lines: list[str], within_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + within_s
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no line matching {pattern!r}; log so far:\n" + "".join(lines)
+        line = (await asyncio.wait_for(stream.readline(), remaining)).decode()
+        assert line, "the generator exited early; log:\n" + "".join(lines)
+        lines.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+
+
+async def test_module_entry_point_serves_and_stops_on_sigterm(tiny_models_dir: Path) -> None:
+    env = {**os.environ, "GENERATOR_LISTEN": "127.0.0.1:0", "GENERATOR_MODELS_DIR": str(tiny_models_dir),
+           "GENERATOR_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "GENERATOR_GRACE_SECONDS": "1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.generator", cwd=REPO_ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        port = int((await read_until(process.stdout, r"event=server\.listening .* port=(\d+)", lines, 90))[1])
+        await read_until(process.stdout, r"event=server\.serving", lines, 90)
+        assert any("event=model.warm model=tiny-sd" in line for line in lines)
+        async with internal_channel(f"127.0.0.1:{port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+            request = generator_pb2.GenerateRequest(job_id="main-1", prompt="a cat", width=64, height=64, steps=2)
+            events = [event async for event in stub.Generate(request, timeout=30)]
+            assert [e.WhichOneof("event") for e in events][-2:] == ["image", "done"]
+        await read_until(process.stdout, r"job=main-1 event=generate\.finished", lines, 30)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
