@@ -110,6 +110,12 @@ RemoteEvent = Submitted | StatusChanged
 Emit = Callable[[RemoteEvent], Awaitable[None]]
 
 
+class _CancelledAfterSubmit(Exception):
+    def __init__(self, answer: SubmitAnswer) -> None:
+        super().__init__("cancelled while /run was in flight")
+        self.answer = answer
+
+
 @dataclass
 class _Job:
     endpoint: Endpoint | None = None
@@ -192,9 +198,8 @@ class RemoteSwapper:
                 failures.append((ENDPOINT_UNAVAILABLE, f"{endpoint.id}: circuit open after "
                                  f"{endpoint.breaker.consecutive_failures} consecutive failures"))
                 continue
-            outcome = await self._submit_to(endpoint, inputs, deadline, scope)
+            outcome = await self._submit_to(job, endpoint, inputs, deadline, scope)
             if isinstance(outcome, SubmitAnswer):
-                job.endpoint, job.job_id, job.status = endpoint, outcome.job_id, outcome.status
                 logs.event(log, "runpod.submitted", endpoint=endpoint.id, remote_id=outcome.job_id,
                            status=outcome.status)
                 return
@@ -203,7 +208,7 @@ class RemoteSwapper:
                        message=outcome[1])
         raise _combine(failures)
 
-    async def _submit_to(self, endpoint: Endpoint, inputs: SwapInputs, deadline: float,
+    async def _submit_to(self, job: _Job, endpoint: Endpoint, inputs: SwapInputs, deadline: float,
                          scope: CallScope) -> SubmitAnswer | tuple[Reason, str]:
         last: tuple[Reason, str] = (ENDPOINT_UNAVAILABLE, f"{endpoint.id}: not tried")
         for attempt in range(self.settings.submit_attempts):
@@ -218,7 +223,15 @@ class RemoteSwapper:
             timeout = min(self.settings.http_timeout_s, max(0.1, deadline - self._clock()))
             delay = self.backoff.delay(attempt, self._rng)
             try:
-                return await scope.run(self.http_pool, self.client.submit, endpoint.id, payload, timeout)
+                answer = await self._send_submit(endpoint, payload, timeout, scope)
+                job.endpoint, job.job_id, job.status = endpoint, answer.job_id, answer.status
+                endpoint.breaker.record_success()
+                return answer
+            except _CancelledAfterSubmit as late:
+                # The caller left while /run was in flight and the job was queued anyway:
+                # remember it, so that it gets its /cancel.
+                job.endpoint, job.job_id, job.status = endpoint, late.answer.job_id, late.answer.status
+                raise asyncio.CancelledError from None
             except NotSent as exc:
                 endpoint.breaker.record_failure()
                 last = ENDPOINT_UNAVAILABLE, f"{endpoint.id}: {exc}"
@@ -251,6 +264,25 @@ class RemoteSwapper:
                     break
                 await asyncio.sleep(delay)
         return last
+
+    async def _send_submit(self, endpoint: Endpoint, payload: dict[str, Any], http_timeout_s: float,
+                           scope: CallScope) -> SubmitAnswer:
+        sending = asyncio.ensure_future(
+            scope.run(self.http_pool, self.client.submit, endpoint.id, payload, http_timeout_s))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            # Wait for the answer (bounded by the request's timeout) to learn whether a job was queued.
+            while not sending.done():
+                try:
+                    await asyncio.shield(sending)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:
+                    break
+            if sending.cancelled() or sending.exception() is not None:
+                raise
+            raise _CancelledAfterSubmit(sending.result()) from None
 
     async def _follow(self, job: _Job, deadline: float, budget: float, emit: Emit,
                       scope: CallScope) -> StatusAnswer:

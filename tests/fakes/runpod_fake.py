@@ -72,7 +72,7 @@ class JobPlan:
 class Fault:
     """One scripted misbehaviour for one request."""
 
-    kind: str  # "http" | "reset" | "hang"
+    kind: str  # "http" | "reset" | "hang" | "delay"
     status: int = 500
     body: bytes = b""
     content_type: str = "application/json"
@@ -100,6 +100,11 @@ class Fault:
     def reset(cls) -> Fault:
         """Close the connection with a TCP RST, no answer."""
         return cls("reset")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Answer normally, but only after ``seconds``."""
+        return cls("delay", seconds=seconds)
 
     @classmethod
     def hang(cls, seconds: float = 30.0) -> Fault:
@@ -370,7 +375,9 @@ class FakeRunPod:
         if endpoint is None:
             return await self._send(writer, 404, {"error": f"endpoint {endpoint_id} not found"})
         fault = endpoint.next_fault(route)
-        if fault is not None:
+        if fault is not None and fault.kind == "delay":
+            await asyncio.sleep(fault.seconds)
+        elif fault is not None:
             return await self._fault(fault, writer)
         if route == "run" and method == "POST":
             return await self._run(endpoint, payload, writer)
