@@ -14,6 +14,7 @@ RunPod SDK turns into status FAILED with that error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 import threading
@@ -60,10 +61,9 @@ class FaceSwapWorker:
             image = astronaut()
         except ImportError:  # sample packages missing in a slimmed image: warm the detector alone
             image = np.full((64, 64, 3), 128, np.uint8)
-        try:
+        # The grey stand-in has no face (NoFaceError); the detector graphs are initialised all the same.
+        with contextlib.suppress(NoFaceError):
             self.engine.swap(image, image, SwapOptions(mouth_mask=True, use_face_enhancer=True))
-        except NoFaceError:
-            pass  # the grey stand-in has no face; the detector graphs are initialised all the same
 
     def run(self, job_input: Any) -> dict[str, Any]:
         """The handler's output for one job input: a success dict or ``{"error": message}``."""

@@ -149,16 +149,16 @@ def fetch_bytes(value: Any, field: str, settings: WorkerSettings) -> bytes:
     raise InputError(f"{field} is not a URL, a data URI or base64 data")
 
 
-def decode_image(data: bytes, field: str, settings: WorkerSettings) -> np.ndarray:
-    """Validate (format, size, pixel count) and only then decode to an RGB uint8 array, EXIF orientation applied."""
+def image_size(data: bytes, field: str, settings: WorkerSettings) -> tuple[int, int, str]:
+    """(width, height, format) read from the header, after the byte, format and size checks; nothing decoded."""
     if len(data) > settings.max_input_bytes:
         raise InputError(f"{field} is too large: {len(data)} bytes > limit {settings.max_input_bytes}")
     fmt = _sniff(data)
     if fmt is None:
         raise InputError(f"{field} is not an image (accepted: JPEG, PNG, WebP, BMP)")
     try:
-        img = Image.open(io.BytesIO(data), formats=[fmt])
-        width, height = img.size
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            width, height = img.size
     except Exception as exc:
         raise InputError(f"{field} is not a valid {fmt} image") from exc
     if width < 16 or height < 16:
@@ -168,7 +168,14 @@ def decode_image(data: bytes, field: str, settings: WorkerSettings) -> np.ndarra
             f"{field} is too large: {width}x{height} pixels (limit {settings.max_side} per side, "
             f"{settings.max_pixels} pixels)"
         )
+    return width, height, fmt
+
+
+def decode_image(data: bytes, field: str, settings: WorkerSettings) -> np.ndarray:
+    """Validate (format, size, pixel count) and only then decode to an RGB uint8 array, EXIF orientation applied."""
+    _, _, fmt = image_size(data, field, settings)
     try:
+        img = Image.open(io.BytesIO(data), formats=[fmt])
         img.load()
         rgb = ImageOps.exif_transpose(img).convert("RGB")
     except Exception as exc:

@@ -1,4 +1,7 @@
-"""Fixtures for the face-swap worker's tests (run with the worker venv: .venv-worker/bin/python -m pytest tests/worker)."""
+"""Fixtures for the face-swap worker's tests.
+
+Run with the worker venv: .venv-worker/bin/python -m pytest tests/worker
+"""
 
 from __future__ import annotations
 

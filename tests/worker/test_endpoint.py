@@ -78,7 +78,8 @@ def test_run_then_status_reports_completed_with_times_and_output(
 def test_handler_failure_is_reported_as_failed_with_the_message(
     real_endpoint: RunningEndpoint, astronaut_uri: str
 ) -> None:
-    resp = real_endpoint.post("runsync?wait=30000", {"input": {"source_file": _tiny_png(), "target_file": astronaut_uri}})
+    job = {"input": {"source_file": _tiny_png(), "target_file": astronaut_uri}}
+    resp = real_endpoint.post("runsync?wait=30000", job)
     body = resp.json()
     assert body["status"] == "FAILED" and body["error"] == "no face found in source image"
     assert "output" not in body
@@ -97,7 +98,8 @@ def test_runsync_returns_the_output_when_done_in_time(
 def test_auth_routes_and_unknown_jobs(real_endpoint: RunningEndpoint) -> None:
     url = f"{real_endpoint.base}/run"
     assert requests.post(url, json={"input": TINY}, timeout=10).status_code == 401
-    assert requests.post(url, json={"input": TINY}, headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert requests.post(url, json={"input": TINY}, headers=wrong, timeout=10).status_code == 401
     other = f"http://127.0.0.1:{real_endpoint.port}/v2/another-endpoint/health"
     assert requests.get(other, headers=real_endpoint.headers, timeout=10).status_code == 404
     assert real_endpoint.get("status/no-such-job").status_code == 404
@@ -124,7 +126,8 @@ def test_execution_timeout_ends_a_running_job_and_the_worker_recovers(
     real_endpoint.wait_line(rf"worker\.restart .*id={job['id']}")
     # The worker that was killed comes back and the endpoint still completes jobs.
     for _ in range(2):
-        ok = real_endpoint.post("runsync?wait=60000", {"input": {"source_file": grace_uri, "target_file": astronaut_uri}})
+        swap = {"input": {"source_file": grace_uri, "target_file": astronaut_uri}}
+        ok = real_endpoint.post("runsync?wait=60000", swap)
         assert ok.json()["status"] == "COMPLETED"
 
 
@@ -250,7 +253,7 @@ def test_status_long_poll_returns_on_change(sim_endpoint: RunningEndpoint) -> No
     assert body["status"] == "COMPLETED" and time.monotonic() - started < 5
 
 
-@endpoint_args("--simulate-ms", "1000", workers=100)
+@endpoint_args("--simulate-ms", "1000", workers=200)
 def test_many_concurrent_clients(sim_endpoint: RunningEndpoint) -> None:
     def one(_: int) -> str:
         with requests.Session() as session:
@@ -263,7 +266,7 @@ def test_many_concurrent_clients(sim_endpoint: RunningEndpoint) -> None:
                     return str(body["status"])
 
     started = time.monotonic()
-    with ThreadPoolExecutor(100) as pool:
-        results = list(pool.map(one, range(100)))
-    assert results == ["COMPLETED"] * 100
-    assert time.monotonic() - started < 8  # 100 one-second jobs on 100 workers run side by side
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one, range(200)))
+    assert results == ["COMPLETED"] * 200
+    assert time.monotonic() - started < 8  # 200 one-second jobs on 200 workers run side by side

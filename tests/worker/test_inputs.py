@@ -132,7 +132,7 @@ def test_stalled_download_times_out(files: str) -> None:
 
 
 def test_private_hosts_are_refused_unless_allowed(files: str) -> None:
-    with pytest.raises(InputError, match="host '127.0.0.1' is not allowed"):
+    with pytest.raises(InputError, match=r"host '127\.0\.0\.1' is not allowed"):
         fetch_bytes(f"{files}/face.png", "source_file", WorkerSettings())
     listed = WorkerSettings(allowed_hosts=("127.0.0.1",))
     assert fetch_bytes(f"{files}/face.png", "source_file", listed) == PNG

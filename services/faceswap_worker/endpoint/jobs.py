@@ -45,8 +45,9 @@ class Job:
     output: Any = None
     error: str | None = None
     worker_id: str | None = None
-    version: int = 0  # bumped on every change; long-polls wait for it to move
+    version: int = 0  # bumped on every change
     attempt: int = 0  # bumped by retry; a worker's late result for an old attempt is dropped
+    changed: threading.Condition | None = None  # on the store's lock; notified on every change
 
     def delay_ms(self, now: float) -> int:
         end = self.started_at if self.started_at is not None else (self.finished_at or now)
@@ -92,7 +93,6 @@ class JobStore:
         self.limits = limits
         self._lock = threading.Lock()
         self._queue_ready = threading.Condition(self._lock)
-        self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[str] = collections.deque()
         self.counters = {"completed": 0, "failed": 0, "retried": 0}
@@ -111,6 +111,7 @@ class JobStore:
             retention_s=self.limits.runsync_retention_s if sync else self.limits.retention_s,
             fate=fate,
         )
+        job.changed = threading.Condition(self._lock)
         with self._lock:
             if len(self._queue) >= self.limits.max_queue:
                 raise QueueFull(f"queue is full ({self.limits.max_queue} jobs)")
@@ -168,8 +169,23 @@ class JobStore:
     def is_active(self, job_id: str, attempt: int) -> bool:
         """Whether the worker should keep running this attempt."""
         with self._lock:
+            return self._active(job_id, attempt)
+
+    def _active(self, job_id: str, attempt: int) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and job.attempt == attempt and job.status == IN_PROGRESS
+
+    def wait_inactive(self, job_id: str, attempt: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the attempt to end (cancel, timeout, purge); True if it is still active."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
             job = self._jobs.get(job_id)
-            return job is not None and job.attempt == attempt and job.status == IN_PROGRESS
+            while job is not None and job.changed is not None and self._active(job_id, attempt) and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                job.changed.wait(remaining)
+            return self._active(job_id, attempt) and not self._closed
 
     def _end(self, job: Job, status: str, output: Any, error: str | None) -> None:
         job.status, job.output, job.error = status, output, error
@@ -182,7 +198,8 @@ class JobStore:
 
     def _bump(self, job: Job) -> None:
         job.version += 1
-        self._changed.notify_all()
+        if job.changed is not None:
+            job.changed.notify_all()
 
     # -- client operations ------------------------------------------------------------------
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -238,9 +255,9 @@ class JobStore:
             start_status = job.status
             while job.status not in TERMINAL and (until_terminal or job.status == start_status):
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or job.changed is None:
                     break
-                self._changed.wait(remaining)
+                job.changed.wait(remaining)
                 job = self._get(job_id)
             return job.to_status()
 
@@ -286,4 +303,6 @@ class JobStore:
         with self._lock:
             self._closed = True
             self._queue_ready.notify_all()
-            self._changed.notify_all()
+            for job in self._jobs.values():
+                if job.changed is not None:
+                    job.changed.notify_all()

@@ -155,8 +155,8 @@ class WorkerSlot:
             self.store.finish(job_id, attempt, FAILED, error="injected failure (fault injection)")
             return
         if fate == "hang":  # never answers: holds the worker until cancel, executionTimeout or ttl
-            while not self._stop.is_set() and self.store.is_active(job_id, attempt):
-                self._stop.wait(_POLL_S * 5)
+            while not self._stop.is_set() and self.store.wait_inactive(job_id, attempt, 1.0):
+                pass
             return
         conn = self._conn
         assert conn is not None
@@ -224,27 +224,32 @@ class SimulatedSlot(WorkerSlot):
         if fate == "fail":
             self.store.finish(job_id, attempt, FAILED, error="injected failure (fault injection)")
             return
+        # The echo is prepared inside the simulated time, so executionTime stays close to it.
         deadline = time.monotonic() + self.simulate_s
-        while not self._stop.is_set() and self.store.is_active(job_id, attempt):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and fate != "hang":
+        result = to_run_result(self._echo(job_input))
+        while not self._stop.is_set():
+            remaining = 3600.0 if fate == "hang" else deadline - time.monotonic()
+            if remaining <= 0 or not self.store.wait_inactive(job_id, attempt, remaining):
                 break
-            self._stop.wait(min(0.05, remaining) if remaining > 0 else 0.05)
         if not self.store.is_active(job_id, attempt):
             return
-        status, output, error = to_run_result(self._echo(job_input))
+        status, output, error = result
         self.store.finish(job_id, attempt, status, output, error)
 
     def _echo(self, job_input: Any) -> dict[str, Any]:
-        from services.faceswap_worker.inputs import InputError, encode_jpeg, load_image
+        """The target image as the result: JPEG inputs are returned as they are (checked, not decoded)."""
+        from services.faceswap_worker.inputs import InputError, decode_image, encode_jpeg, fetch_bytes, image_size
 
         if not isinstance(job_input, dict):
             return {"error": "input must be a JSON object"}
         field = "target_file" if "target_file" in job_input else "image_file"
         try:
-            image = load_image(job_input.get(field), field, self.settings)
+            data = fetch_bytes(job_input.get(field), field, self.settings)
+            width, height, fmt = image_size(data, field, self.settings)
+            if fmt != "JPEG":
+                image = decode_image(data, field, self.settings)
+                data = encode_jpeg(image, self.settings.jpeg_quality)
         except InputError as exc:
             return {"error": str(exc)}
-        data = base64.b64encode(encode_jpeg(image, self.settings.jpeg_quality)).decode("ascii")
-        return {"result": data, "width": int(image.shape[1]), "height": int(image.shape[0]),
+        return {"result": base64.b64encode(data).decode("ascii"), "width": width, "height": height,
                 "backend": "simulated", "faces_swapped": 0}
