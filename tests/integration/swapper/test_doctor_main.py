@@ -1,0 +1,134 @@
+"""The doctor against the fake RunPod, and ``python -m services.swapper`` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc
+from services.common.config import Env
+from services.swapper.doctor import run_doctor
+from services.swapper.settings import Settings
+from tests.fakes.runpod_fake import FakeRunPod, Fault
+from tests.integration.swapper.harness import API_KEY, PRIMARY, image_bytes
+
+pytestmark = pytest.mark.integration
+
+
+async def doctor(env: dict[str, str]) -> tuple[int, str]:
+    lines: list[str] = []
+    code = await run_doctor(Settings.from_env(Env(env)), lines.append)
+    return code, "\n".join(lines)
+
+
+async def test_doctor_passes_against_a_working_endpoint(base_env: dict[str, str], fake_runpod: FakeRunPod) -> None:
+    code, output = await doctor(base_env)
+    assert code == 0, output
+    assert "rpa_TE…hijklmn" in output and API_KEY not in output
+    assert f"PASS health {PRIMARY}: workers idle=1" in output
+    assert "PASS storage: bucket" in output and "write, presigned read, delete ok" in output
+    assert "PASS swap: external_api 512x512 image/png" in output
+    assert "doctor: all 3 checks passed" in output
+    job = fake_runpod.jobs()[0]
+    assert job.input["process_type"] == "single_image"
+    assert job.inputs is not None and job.inputs.done() and not job.inputs.exception(), \
+        "the fake fetched both sample photos through their presigned URLs"
+    source, target = job.inputs.result()
+    assert source[:3] == b"\xff\xd8\xff" and target[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_doctor_fails_with_a_rejected_key(base_env: dict[str, str]) -> None:
+    code, output = await doctor({**base_env, "RUNPOD_API_KEY": "rpa_WRONG0123456789abcdefghijklmno"})
+    assert code == 1
+    assert f"FAIL health {PRIMARY}" in output and "the RunPod API key was rejected" in output
+    assert "FAIL swap: fell back (FALLBACK_REASON_KEY_REJECTED)" in output
+    assert "PASS storage" in output
+
+
+async def test_doctor_fails_when_the_swap_falls_back(base_env: dict[str, str], fake_runpod: FakeRunPod) -> None:
+    fake_runpod.endpoint(PRIMARY).script("run", Fault.http(503), None)
+    code, output = await doctor(base_env)
+    assert code == 1
+    assert "FAIL swap: fell back (FALLBACK_REASON_ENDPOINT_UNAVAILABLE)" in output
+
+
+async def test_doctor_fails_without_an_endpoint_or_a_bucket(base_env: dict[str, str]) -> None:
+    env = {k: v for k, v in base_env.items() if k not in ("FACE_SWAP_ENDPOINT",)}
+    code, output = await doctor({**env, "S3_CREATE_BUCKET": "false"})
+    assert code == 1
+    assert "FAIL config: FACE_SWAP_ENDPOINT is not set" in output
+    assert "FAIL storage" in output and "does not exist" in output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_env(base_env: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "R2_", "RUNPOD_", "FACE_SWAP_",
+                                                                      "SWAPPER_"))}
+    return {**env, **base_env, **extra}
+
+
+async def test_the_service_process_serves_and_stops_on_sigterm(base_env: dict[str, str]) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.swapper", env=process_env(base_env, SWAPPER_LISTEN=address),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                assert time.monotonic() < deadline, "the swapper did not become SERVING"
+                assert process.returncode is None, "the swapper exited"
+                await asyncio.sleep(0.1)
+            stub = swapper_pb2_grpc.SwapperServiceStub(channel)
+            reference = await stub.PutReference(swapper_pb2.PutReferenceRequest(job_id="p", image=image_bytes()))
+            events = [event async for event in stub.Swap(swapper_pb2.SwapRequest(
+                job_id="proc", target_image=image_bytes(), reference_key=reference.key), timeout=20)]
+            assert events[-1].result.method == common_pb2.FACE_SWAP_METHOD_EXTERNAL_API
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    text = output.decode()
+    assert "event=server.serving" in text and "event=server.stopped" in text
+    assert "event=swap.result" in text and "job=proc" in text
+    assert API_KEY not in text, "the API key never appears in the log"
+
+
+async def test_a_configuration_error_exits_with_a_clear_message(base_env: dict[str, str]) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.swapper"],
+        env=process_env(base_env, FACE_SWAP_DEADLINE_SECONDS="soon"), capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert b"FACE_SWAP_DEADLINE_SECONDS='soon' is not a number" in result.stderr
+
+
+async def test_doctor_command_exit_code(base_env: dict[str, str]) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.swapper", "doctor"],
+        env=process_env(base_env), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"doctor: all 3 checks passed" in result.stdout
