@@ -166,3 +166,5 @@ def sim_endpoint(request: pytest.FixtureRequest) -> Iterator[RunningEndpoint]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "endpoint_args(*flags, workers=N): flags for the sim_endpoint fixture")
+    # matplotlib 3.10.0 (imported by mediapipe) still calls pyparsing's old camelCase names.
+    config.addinivalue_line("filterwarnings", "ignore:.* deprecated - use .*:DeprecationWarning")
