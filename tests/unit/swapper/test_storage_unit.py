@@ -1,0 +1,185 @@
+"""Storage logic without a server: keys, error messages, reference dedup and refresh, batched deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from PIL import Image, PngImagePlugin
+
+from services.common.config import Env
+from services.common.images import ImageLimits
+from services.swapper.blocking import BlockingPool
+from services.swapper.settings import Settings
+from services.swapper.storage import (
+    BatchDeleter,
+    ObjectInfo,
+    ObjectStore,
+    Storage,
+    reference_key,
+    result_key,
+    temp_key,
+)
+from services.swapper.swap import check_image
+
+pytestmark = pytest.mark.unit
+
+
+def storage(**env: str) -> Storage:
+    settings = Settings.from_env(Env({"S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
+                                      "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0123", "S3_SECRET_ACCESS_KEY": "s",
+                                      "S3_BUCKET": "faces", **env}))
+    return Storage(settings.storage, "https://acct.r2.cloudflarestorage.com", "AKIAEXAMPLEKEYID0123", "s")
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "HeadBucket")
+
+
+def test_keys() -> None:
+    data = b"face bytes"
+    assert reference_key(data, "image/jpeg") == f"refs/{hashlib.sha256(data).hexdigest()}.jpg"
+    key = temp_key("job-1", 3, "image/webp")
+    assert key.startswith("tmp/job-1/3-") and key.endswith("-target.webp")
+    assert temp_key("job-1", 3, "image/webp") != key, "retries of one job never share a temporary key"
+    assert result_key("job-1", 0, True, "image/png") == "results/job-1/0-swapped.png"
+    assert result_key("job-1", 1, False, "image/jpeg") == "results/job-1/1-original.jpg"
+
+
+def test_missing_bucket_message() -> None:
+    message = storage().describe(client_error("404", 404), "check the bucket")
+    assert "bucket 'faces' at https://acct.r2.cloudflarestorage.com does not exist" in message
+    assert "S3_CREATE_BUCKET" in message
+
+
+@pytest.mark.parametrize(("code", "status"), [("InvalidAccessKeyId", 403), ("SignatureDoesNotMatch", 403),
+                                              ("AccessDenied", 403), ("403", 403), ("Unauthorized", 401)])
+def test_rejected_credentials_message_masks_the_key(code: str, status: int) -> None:
+    message = storage().describe(client_error(code, status), "check the bucket")
+    assert "credentials" in message and "rejected" in message
+    assert "AKIAEXAMPLEKEYID0123" not in message
+    assert "AKIAEX…" in message
+
+
+def test_unreachable_and_missing_credentials_messages() -> None:
+    unreachable = storage().describe(EndpointConnectionError(endpoint_url="https://x"), "store an image")
+    assert unreachable.startswith("cannot store an image:") and "cannot be reached" in unreachable
+    assert "no storage credentials" in storage().describe(NoCredentialsError(), "check the bucket")
+
+
+def test_wanted_rules_follow_the_settings() -> None:
+    rules = storage(S3_TEMP_EXPIRY_DAYS="2", S3_REFERENCE_EXPIRY_DAYS="9", S3_RESULT_EXPIRY_DAYS="0").wanted_rules()
+    assert [(r["ID"], r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules] == [
+        ("facegen-tmp", "tmp/", 2), ("facegen-refs", "refs/", 9)]
+
+
+def test_result_urls_are_public_when_a_base_is_set() -> None:
+    assert storage(S3_PUBLIC_BASE_URL="https://img.example.com").url_for_result("results/j/0-swapped.png") == \
+        "https://img.example.com/results/j/0-swapped.png"
+    presigned = storage().url_for_result("results/j/0-swapped.png")
+    assert presigned.startswith("https://acct.r2.cloudflarestorage.com/faces/results/j/0-swapped.png?")
+    assert "X-Amz-Expires=3600" in presigned
+
+
+class StubStorage:
+    """Records calls; objects live in a dict."""
+
+    def __init__(self, settings_storage: Storage) -> None:
+        self.settings = settings_storage.settings
+        self.objects: dict[str, tuple[bytes, datetime]] = {}
+        self.puts: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self.gate.wait(5)
+        if key not in self.objects:
+            return None
+        data, modified = self.objects[key]
+        return ObjectInfo(len(data), modified, "image/png")
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.puts.append(key)
+        self.objects[key] = (data, datetime.now(UTC))
+
+    def delete_many(self, keys: list[str]) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def pool() -> BlockingPool:
+    pool = BlockingPool("unit", 8)
+    yield pool  # type: ignore[misc]
+    pool.shutdown()
+
+
+async def test_reference_dedup_and_refresh_of_old_copies(pool: BlockingPool) -> None:
+    stub = StubStorage(storage(S3_REFERENCE_EXPIRY_DAYS="4"))
+    store = ObjectStore(stub, pool)  # type: ignore[arg-type]
+    key, deduplicated = await store.put_reference(b"face", "image/png")
+    assert not deduplicated and stub.puts == [key]
+    assert await store.put_reference(b"face", "image/png") == (key, True)
+    assert stub.puts == [key], "known references are not even looked up again"
+
+    fresh = ObjectStore(stub, pool)  # type: ignore[arg-type]
+    stub.objects[key] = (b"face", datetime.now(UTC) - timedelta(days=1))
+    assert await fresh.put_reference(b"face", "image/png") == (key, True)
+    assert stub.puts == [key]
+
+    again = ObjectStore(stub, pool)  # type: ignore[arg-type]
+    stub.objects[key] = (b"face", datetime.now(UTC) - timedelta(days=3))
+    assert await again.put_reference(b"face", "image/png") == (key, False)
+    assert stub.puts == [key, key], "a copy past half its expiry is uploaded again to restart its clock"
+
+
+async def test_concurrent_identical_references_share_one_upload(pool: BlockingPool) -> None:
+    stub = StubStorage(storage())
+    stub.gate.clear()
+    store = ObjectStore(stub, pool)  # type: ignore[arg-type]
+    calls = [asyncio.ensure_future(store.put_reference(b"same", "image/png")) for _ in range(10)]
+    await asyncio.sleep(0)
+    stub.gate.set()
+    answers = await asyncio.gather(*calls)
+    assert len(stub.puts) == 1
+    assert sorted(dedup for _, dedup in answers) == [False] + [True] * 9
+    assert store.reference_uploads == 1
+
+
+async def test_batch_deleter_coalesces_concurrent_deletes(pool: BlockingPool) -> None:
+    batches: list[list[str]] = []
+    release = threading.Event()
+
+    def delete_many(keys: list[str]) -> list[str]:
+        batches.append(keys)
+        release.wait(5)
+        return ["tmp/bad"] if "tmp/bad" in keys else []
+
+    deleter = BatchDeleter(pool, delete_many)
+    futures = [deleter.delete(f"tmp/{i}") for i in range(5)]
+    futures.append(deleter.delete("tmp/bad"))
+    release.set()
+    outcomes = await asyncio.gather(*futures)
+    assert batches == [["tmp/0"], ["tmp/1", "tmp/2", "tmp/3", "tmp/4", "tmp/bad"]]
+    assert outcomes == [False] * 5 + [True]
+    assert deleter.requests == 2 and pool.inflight == 0
+
+
+def test_check_image_strips_metadata_only_when_present() -> None:
+    clean = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(clean, "PNG")
+    checked = check_image(clean.getvalue(), "target_image", ImageLimits())
+    assert checked.data == clean.getvalue(), "clean images are stored byte for byte"
+
+    tagged = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a prompt with a name in it")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tagged, "PNG", pnginfo=info)
+    stripped = check_image(tagged.getvalue(), "target_image", ImageLimits())
+    assert b"a prompt with a name" not in stripped.data
+    assert stripped.info.mime == "image/png" and (stripped.info.width, stripped.info.height) == (8, 8)
