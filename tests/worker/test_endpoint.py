@@ -139,6 +139,21 @@ def test_cancel_of_a_running_job(real_endpoint: RunningEndpoint, stall_url: str,
     real_endpoint.wait_line(rf"worker\.restart .*id={job['id']}")
 
 
+def test_a_worker_process_that_dies_fails_its_job_and_is_replaced(
+    real_endpoint: RunningEndpoint, astronaut_uri: str, grace_uri: str
+) -> None:
+    swap = {"input": {"source_file": grace_uri, "target_file": astronaut_uri}}
+    real_endpoint.admin({"crash_rate": 1.0})
+    try:
+        body = real_endpoint.post("runsync?wait=30000", swap).json()
+    finally:
+        real_endpoint.admin()
+    assert body["status"] == "FAILED" and body["error"] == "worker process exited unexpectedly (code -9)"
+    real_endpoint.wait_line(rf"worker\.crashed .*id={body['id']}")
+    for _ in range(2):  # both workers serve again, the replaced one included
+        assert real_endpoint.post("runsync?wait=60000", swap).json()["status"] == "COMPLETED"
+
+
 def test_health_counts_workers_and_jobs(real_endpoint: RunningEndpoint) -> None:
     body = real_endpoint.get("health").json()
     assert set(body["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}

@@ -56,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     faults.add_argument("--latency-ms", type=int, default=0)
     faults.add_argument("--failure-rate", type=float, default=0.0)
     faults.add_argument("--hang-rate", type=float, default=0.0)
+    faults.add_argument("--crash-rate", type=float, default=0.0)
     faults.add_argument("--error-burst", type=int, default=0)
     faults.add_argument("--error-status", type=int, default=503)
     faults.add_argument("--malformed-burst", type=int, default=0)
@@ -84,6 +85,7 @@ def _faults(args: argparse.Namespace) -> Faults:
     routes = [r for r in args.fault_routes.split(",") if r]
     return parse_faults(
         {"latency_ms": args.latency_ms, "failure_rate": args.failure_rate, "hang_rate": args.hang_rate,
+         "crash_rate": args.crash_rate,
          "error_burst": args.error_burst, "error_status": args.error_status,
          "malformed_burst": args.malformed_burst, "routes": routes, "seed": args.fault_seed},
         Faults(),

@@ -17,6 +17,7 @@ class Faults:
     latency_ms: int = 0  # added before every affected API answer
     failure_rate: float = 0.0  # fraction of jobs that end FAILED ("injected failure") without running
     hang_rate: float = 0.0  # fraction of jobs that never finish (until cancel, executionTimeout or ttl)
+    crash_rate: float = 0.0  # fraction of jobs whose worker process is killed mid-job (FAILED, worker restarts)
     error_burst: int = 0  # the next N affected requests are answered with error_status
     error_status: int = 503  # 429 or any 5xx
     malformed_burst: int = 0  # the next N affected requests get 200 with a body that is not valid JSON
@@ -40,7 +41,7 @@ def parse_faults(body: Any, base: Faults) -> Faults:
         raise ValueError(f"unknown fault settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     changes: dict[str, Any] = {}
     for key, value in body.items():
-        if key in ("failure_rate", "hang_rate"):
+        if key in ("failure_rate", "hang_rate", "crash_rate"):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ValueError(f"{key} must be a number between 0 and 1")
             changes[key] = float(value)
@@ -96,11 +97,13 @@ class FaultState:
             return f.latency_ms, None
 
     def for_job(self) -> str | None:
-        """The fate of a new job: None (runs normally), "fail" or "hang"."""
+        """The fate of a new job: None (runs normally), "fail", "hang" or "crash"."""
         with self._lock:
             f = self._faults
             if f.failure_rate and self._rng.random() < f.failure_rate:
                 return "fail"
             if f.hang_rate and self._rng.random() < f.hang_rate:
                 return "hang"
+            if f.crash_rate and self._rng.random() < f.crash_rate:
+                return "crash"
             return None

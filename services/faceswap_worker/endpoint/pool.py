@@ -162,6 +162,8 @@ class WorkerSlot:
         assert conn is not None
         try:
             conn.send((job_id, job_input))
+            if fate == "crash" and self._process is not None:
+                self._process.kill()  # the handler's process dies mid-job, as on an OOM kill
         except (OSError, ValueError):
             self._kill()
             self.store.finish(job_id, attempt, FAILED, error="worker process is not running")
@@ -183,8 +185,12 @@ class WorkerSlot:
                 log.event("worker.restart", worker=self.id, id=job_id, reason="job ended while running")
                 self._kill()
                 return
-        exitcode = self._process.exitcode if self._process is not None else None
+        if self._stop.is_set():
+            return  # shutting down: the job dies with the endpoint
+        process = self._process
         self._kill()
+        exitcode = process.exitcode if process is not None else None
+        log.event("worker.crashed", worker=self.id, id=job_id, exitcode=exitcode)
         self.store.finish(job_id, attempt, FAILED, error=f"worker process exited unexpectedly (code {exitcode})")
 
 
@@ -223,6 +229,9 @@ class SimulatedSlot(WorkerSlot):
     def _simulate(self, job_id: str, attempt: int, job_input: Any, fate: str | None) -> None:
         if fate == "fail":
             self.store.finish(job_id, attempt, FAILED, error="injected failure (fault injection)")
+            return
+        if fate == "crash":
+            self.store.finish(job_id, attempt, FAILED, error="worker process exited unexpectedly (code -9)")
             return
         # The echo is prepared inside the simulated time, so executionTime stays close to it.
         deadline = time.monotonic() + self.simulate_s
