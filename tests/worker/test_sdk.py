@@ -79,3 +79,20 @@ def test_cancel_and_purge(monkeypatch: pytest.MonkeyPatch, slow_endpoint: Runnin
     assert running.cancel() == {"id": running.job_id, "status": "CANCELLED"}
     assert running.status() == "CANCELLED"
     assert running.output() is None
+
+
+async def test_asyncio_client(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint,
+                              astronaut_uri: str, grace_uri: str) -> None:
+    """runpod.AsyncioEndpoint (aiohttp) works against the local endpoint too."""
+    from aiohttp import ClientSession
+
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"http://127.0.0.1:{real_endpoint.port}/v2")
+    monkeypatch.setattr(runpod, "api_key", real_endpoint.api_key)
+    async with ClientSession() as session:
+        endpoint = runpod.AsyncioEndpoint(real_endpoint.endpoint_id, session)
+        job = await endpoint.run({"source_file": grace_uri, "target_file": astronaut_uri})
+        output = await job.output(timeout=60)
+        assert await job.status() == "COMPLETED"
+        assert Image.open(io.BytesIO(base64.b64decode(output["result"]))).size == (512, 512)
+        health = await endpoint.health()
+        assert health["jobs"]["completed"] >= 1
