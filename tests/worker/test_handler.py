@@ -130,3 +130,23 @@ def test_runpod_sdk_marks_error_output_failed_like_the_local_workers(
     status, output, error = to_run_result(handler_module.handler(ok))
     assert status == "COMPLETED" and error is None
     assert set(sdk_ok) == {"output"} and set(sdk_ok["output"]) == set(output)
+
+
+def test_serverless_entry_point_runs_a_job_with_the_runpod_sdk(grace_uri: str) -> None:
+    """``python -m services.faceswap_worker`` (the container's command) serves a job through runpod.serverless.start."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.worker.conftest import REPO
+
+    job = json.dumps({"input": {"process_type": "detect_faces", "image_file": grace_uri}})  # < 128 KiB: one argv entry
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.faceswap_worker", "--test_input", job],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "RUNPOD_LOG_LEVEL": "INFO"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Job local_test completed successfully" in proc.stdout
+    assert "'face_count': 1" in proc.stdout
+    assert "Retrieved local job" not in proc.stdout  # inputs (faces) are not logged at INFO
