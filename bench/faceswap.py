@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from services.faceswap_worker import samples  # noqa: E402
-from services.faceswap_worker.engine import SwapEngine, SwapOptions  # noqa: E402
-from services.faceswap_worker.handler import FaceSwapWorker  # noqa: E402
-from services.faceswap_worker.settings import WorkerSettings  # noqa: E402
+from services.faceswap_worker import samples
+from services.faceswap_worker.engine import SwapEngine, SwapOptions
+from services.faceswap_worker.handler import FaceSwapWorker
+from services.faceswap_worker.settings import WorkerSettings
 
 TARGET_MS = 300.0
 
