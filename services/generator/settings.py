@@ -54,7 +54,7 @@ class Settings:
             models_dir=models_dir if models_dir.is_absolute() else Path(os.getcwd()) / models_dir,
             device=device,
             queue_size=env.get_int("GENERATOR_QUEUE_SIZE", 32, minimum=1, maximum=10_000),
-            batch_window_ms=env.get_int("GENERATOR_BATCH_WINDOW_MS", 15, minimum=0, maximum=10_000),
+            batch_window_ms=env.get_int("GENERATOR_BATCH_WINDOW_MS", 10, minimum=0, maximum=10_000),
             max_batch_images=env.get_int("GENERATOR_MAX_BATCH", 8, minimum=1, maximum=64),
             max_prompt_chars=env.get_int("GENERATOR_MAX_PROMPT_CHARS", 2000, minimum=1,
                                          maximum=100_000),

@@ -140,7 +140,7 @@ async def test_queue_positions_and_queue_full(start_generator: Starter) -> None:
         def request(prompt: str, **fields: Any) -> generator_pb2.GenerateRequest:
             return generator_pb2.GenerateRequest(prompt=prompt, **{**SMALL, **fields})
 
-        running = gen.stub.Generate(request("busy", width=256, height=256, steps=50))
+        running = gen.stub.Generate(request("busy", width=512, height=512, steps=50))
         await next_event(running, "step")
         second = gen.stub.Generate(request("second"))
         assert (await next_event(second, "queued")).queued.position == 0

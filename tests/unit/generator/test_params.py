@@ -68,7 +68,7 @@ def test_random_seed_differs_per_request_and_minus_one_means_random(catalog: Cat
     ({"num_images": -1}, "num_images=-1 is out of range"),
     ({"seed": -2}, f"seed=-2 is out of range: -1 (random) or 0 to {MAX_SEED}"),
     ({"seed": MAX_SEED + 1}, "is out of range"),
-    ({"preview_every": 9}, "preview_every=9 is out of range: 0 (no previews) to steps (8)"),
+    ({"preview_every": 21}, "preview_every=21 is out of range: 0 (no previews) to steps (20)"),
     ({"lora": common_pb2.LoraSpec(name="tiny-sdxl-style")},
      "lora 'tiny-sdxl-style' does not fit model tiny-sd; it fits tiny-sdxl"),
     ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=2.5)}, "lora.weight=2.5 is out of range: 0 to 2"),

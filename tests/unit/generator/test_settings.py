@@ -19,7 +19,7 @@ def test_defaults() -> None:
     assert settings.models_dir == DEFAULT_MODELS_DIR
     assert DEFAULT_MODELS_DIR.name == "models" and (DEFAULT_MODELS_DIR.parent / "services").is_dir()
     assert (settings.device, settings.queue_size, settings.max_batch_images) == ("auto", 32, 8)
-    assert settings.batch_window_ms == 15 and settings.warmup is True
+    assert settings.batch_window_ms == 10 and settings.warmup is True
 
 
 def test_overrides(tmp_path: Path) -> None:
