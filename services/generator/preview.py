@@ -1,10 +1,10 @@
 """Cheap previews of a denoising step: latents → RGB by a fixed linear map, no VAE.
 
 Each latent channel contributes a fixed amount of red, green and blue (the
-factors below are least-squares fits published for the SD 1.x and SDXL VAEs),
+factors below are least-squares fits published for the SD 1.x, SDXL and FLUX.1 VAEs),
 so a preview costs one small matrix product and a PNG encode of an image 1/8
-the final side. Families without known factors (FLUX's 16 channels) get a
-grey image from the mean over channels.
+the final side. A latent layout without known factors gets a grey image
+from the mean over channels.
 """
 
 from __future__ import annotations
@@ -27,7 +27,16 @@ _RGB_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {
         (0.0568, 0.1687, -0.0755),
         (-0.3112, -0.2359, -0.2076),
     ),
+    "flux": (
+        (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+        (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+        (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+        (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+        (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+        (-0.1262, -0.0982, -0.0778),
+    ),
 }
+_RGB_BIAS: dict[str, tuple[float, float, float]] = {"flux": (-0.0329, -0.0718, -0.0851)}
 
 
 def latents_to_rgb(latents: torch.Tensor, family: str) -> torch.Tensor:
@@ -36,6 +45,7 @@ def latents_to_rgb(latents: torch.Tensor, family: str) -> torch.Tensor:
     factors = _RGB_FACTORS.get(family)
     if factors is not None and latents.shape[0] == len(factors):
         rgb = torch.einsum("chw,ck->hwk", latents, torch.tensor(factors))
+        rgb = rgb + torch.tensor(_RGB_BIAS.get(family, (0.0, 0.0, 0.0)))
     else:
         rgb = latents.mean(dim=0, keepdim=True).permute(1, 2, 0).expand(-1, -1, 3)
     return ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)

@@ -4,6 +4,7 @@
 
     <dir>/tiny-sd/        Stable Diffusion 1.x-shaped pipeline (one CLIP text encoder)
     <dir>/tiny-sdxl/      SDXL-shaped pipeline (two CLIP text encoders, text_time conditioning)
+    <dir>/tiny-flux/      FLUX.1-shaped pipeline (CLIP + T5 encoders, MMDiT transformer, 16 latent channels)
     <dir>/loras/tiny-sd-style.safetensors     a LoRA for tiny-sd's UNet attention
     <dir>/loras/tiny-sdxl-style.safetensors   a LoRA for tiny-sdxl's UNet attention
 
@@ -32,7 +33,7 @@ LORA_RANK = 4
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 BUILD_INFO = "tiny_models.json"
 # Bump when the shapes change, so `make models` output is recognisably stale.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -153,6 +154,55 @@ def build_sdxl(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def build_t5_tokenizer() -> object:
+    """A T5 (Unigram) tokenizer over printable ASCII: one piece per character, word starts marked."""
+    from transformers import T5Tokenizer
+
+    chars = [chr(code) for code in range(33, 127)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(char, -3.0) for char in chars] + [("▁" + char, -2.5) for char in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_flux(out: Path) -> None:
+    """Saves a FLUX.1-shaped pipeline (CLIP + T5 encoders, MMDiT transformer, 16-channel VAE) to ``out``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    torch.manual_seed(20)
+    # 16 latent channels packed 2x2 → 64 transformer input channels, as in FLUX.1.
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(21)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 8, 8, 16), layers_per_block=1, norm_num_groups=4,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+    )
+    torch.manual_seed(22)
+    text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))  # type: ignore[arg-type]
+    torch.manual_seed(23)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,  # type: ignore[arg-type]
+        pad_token_id=0, eos_token_id=1,
+    ))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe: Any = FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 def build_unet_lora(unet_dir: Path, out_file: Path, seed: int) -> None:
     """Writes a random rank-4 LoRA (PEFT key format) for every attention projection of a saved UNet.
 
@@ -181,7 +231,7 @@ def build_unet_lora(unet_dir: Path, out_file: Path, seed: int) -> None:
 def build_all(root: Path) -> None:
     """Builds every tiny pipeline and LoRA under ``root`` (replacing what is there)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name, builder in (("tiny-sd", build_sd), ("tiny-sdxl", build_sdxl)):
+    for name, builder in (("tiny-sd", build_sd), ("tiny-sdxl", build_sdxl), ("tiny-flux", build_flux)):
         target = root / name
         if target.exists():
             shutil.rmtree(target)

@@ -47,6 +47,7 @@ def test_checked_in_catalog_points_at_the_tiny_models() -> None:
     assert {"tiny-sd", "tiny-sdxl"} <= set(catalog.models)
     assert catalog.models["tiny-sd"].family == "sd"
     assert catalog.models["tiny-sdxl"].family == "sdxl"
+    assert (catalog.models["tiny-flux"].family, catalog.models["tiny-flux"].size_multiple) == ("flux", 16)
     assert catalog.models["tiny-sd"].path == MODELS_DIR / "tiny-sd"
     assert catalog.loras["tiny-sd-style"].path == MODELS_DIR / "loras" / "tiny-sd-style.safetensors"
     assert catalog.loras_for("tiny-sd") == ["tiny-sd-style"]

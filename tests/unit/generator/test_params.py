@@ -79,8 +79,17 @@ def test_invalid_settings_name_the_field_and_range(catalog: Catalog, fields: dic
         validate(request(**fields), catalog, 100, "j")
 
 
+def test_flux_takes_no_negative_prompt_and_sizes_in_multiples_of_16(catalog: Catalog) -> None:
+    with pytest.raises(InvalidInput, match="negative_prompt is not supported by flux models such as tiny-flux"):
+        validate(request(model="tiny-flux", negative_prompt="blurry"), catalog, 100, "j")
+    with pytest.raises(InvalidInput, match="width=72 is not allowed: tiny-flux takes a multiple of 16"):
+        validate(request(model="tiny-flux", width=72), catalog, 100, "j")
+    assert validate(request(model="tiny-flux"), catalog, 100, "j").guidance == 3.5
+
+
 def test_unknown_model_and_lora_are_not_found(catalog: Catalog) -> None:
-    with pytest.raises(NotFound, match=re.escape("model 'sd99' is not in the catalog; available: tiny-sd, ")):
+    with pytest.raises(NotFound, match=re.escape(
+            "model 'sd99' is not in the catalog; available: tiny-flux, tiny-sd, tiny-sdxl")):
         validate(request(model="sd99"), catalog, 100, "j")
     with pytest.raises(NotFound, match=re.escape("lora 'nope' is not in the catalog; available for tiny-sd: "
                                                  "tiny-sd-style")):

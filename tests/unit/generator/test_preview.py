@@ -33,6 +33,13 @@ def test_rgb_mapping_uses_the_family_factors() -> None:
     assert latents_to_rgb(torch.full((4, 1, 1), 100.0), "sdxl").max() <= 255  # clamped, no wrap-around
 
 
+def test_latent_layouts_without_factors_preview_in_grey() -> None:
+    latents = torch.randn(16, 4, 4, generator=torch.Generator().manual_seed(1))
+    rgb = latents_to_rgb(latents, "sd")  # 16 channels: not SD's layout
+    assert torch.equal(rgb[..., 0], rgb[..., 1]) and torch.equal(rgb[..., 1], rgb[..., 2])
+    assert not torch.equal(latents_to_rgb(latents, "flux")[..., 0], latents_to_rgb(latents, "flux")[..., 2])
+
+
 def test_flux_unpacking_inverts_diffusers_packing() -> None:
     from diffusers import FluxPipeline
 

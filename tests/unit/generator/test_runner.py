@@ -56,7 +56,7 @@ def catalog(tiny_models_dir: Path) -> Catalog:
 @pytest.fixture(scope="module")
 def registry(catalog: Catalog) -> PipelineRegistry:
     torch.set_num_threads(torch_threads(0, CPU) or 1)  # what the service does on a CPU
-    return PipelineRegistry(catalog, CPU, max_models=2, max_loras=2)
+    return PipelineRegistry(catalog, CPU, max_models=3, max_loras=2)
 
 
 @pytest.fixture
@@ -170,6 +170,21 @@ def test_sdxl_shaped_model_generates(registry: PipelineRegistry) -> None:
     assert run(sdxl, replace(params, lora=LoraChoice("tiny-sdxl-style", 1.0)))[0][0] != \
         encode_png(output.images[0][0])
     assert run(sdxl, params)[0][0] == encode_png(output.images[0][0])
+
+
+def test_flux_shaped_model_generates_with_unpacked_previews(registry: PipelineRegistry) -> None:
+    flux = registry.get("tiny-flux")
+    assert type(flux.pipe).__name__ == "FluxPipeline"
+    params = replace(SD, model="tiny-flux", family="flux", width=128, height=64, steps=3, guidance=3.5,
+                     preview_every=1, seeds=(5, 6))
+    job = RecordingJob(params)
+    output = run_batch(flux, [job], CPU)
+    assert [image.size for image in output.images[0]] == [(128, 64)] * 2
+    assert [(step.step, step.total_steps) for step in job.steps()] == [(1, 3), (2, 3), (3, 3)]
+    with Image.open(io.BytesIO(job.steps()[0].preview_png)) as preview:
+        assert preview.size == (16, 8)
+    alone = run(flux, replace(params, seeds=(6,)))[0][0]
+    assert np.abs(pixels(encode_png(output.images[0][1])) - pixels(alone)).max() <= 2
 
 
 class _OutOfMemoryOnce:
