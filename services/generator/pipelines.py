@@ -118,10 +118,12 @@ class PipelineRegistry:
         self._max_models = max_models
         self._max_loras = max_loras
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        # Replaced (never mutated) on every change, so other threads can read it safely.
+        self._loaded_names: frozenset[str] = frozenset()
 
     def loaded_names(self) -> frozenset[str]:
         """Names of the models in memory (safe to call from any thread)."""
-        return frozenset(list(self._loaded))
+        return self._loaded_names
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, loading it (and dropping the least recently used) if needed."""
@@ -132,6 +134,7 @@ class PipelineRegistry:
         self._make_room()
         model = self._load(self.catalog.models[name])
         self._loaded[name] = model
+        self._loaded_names = frozenset(self._loaded)
         return model
 
     def _make_room(self) -> None:
@@ -140,6 +143,7 @@ class PipelineRegistry:
             if victim is None:
                 return
             del self._loaded[victim]
+            self._loaded_names = frozenset(self._loaded)
             gc.collect()
             release_cached_memory(self.device)
             logs.event(log, "model.unloaded", model=victim)

@@ -1,10 +1,12 @@
-"""``python -m services.generator`` as a process: starts, becomes healthy, serves, stops on SIGTERM."""
+"""``python -m services.generator`` as a process: loads a hub model from the local cache offline,
+becomes healthy, serves, and stops on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from facegen.v1 import generator_pb2, generator_pb2_grpc
+from facegen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.common.channel import internal_channel
 from services.generator.settings import REPO_ROOT
 
@@ -33,9 +35,40 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, lines: list[str
             return match
 
 
-async def test_module_entry_point_serves_and_stops_on_sigterm(tiny_models_dir: Path) -> None:
-    env = {**os.environ, "GENERATOR_LISTEN": "127.0.0.1:0", "GENERATOR_MODELS_DIR": str(tiny_models_dir),
-           "GENERATOR_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "GENERATOR_GRACE_SECONDS": "1"}
+CATALOG = """
+default_model = "cached-sd"
+
+[models.cached-sd]
+family = "sd"
+hf_id = "facegen-test/tiny-sd"
+default_width = 64
+default_height = 64
+min_size = 64
+max_size = 256
+default_steps = 2
+max_steps = 10
+default_guidance = 5.0
+"""
+
+
+def fake_hub_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
+    """A Hugging Face cache holding ``model_dir`` as the snapshot of ``repo_id``, laid out as the hub does."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root
+
+
+async def test_module_entry_point_loads_a_cached_hub_model_offline_and_stops_on_sigterm(
+        tiny_models_dir: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG)
+    hub = fake_hub_cache(tmp_path / "hub", "facegen-test/tiny-sd", tiny_models_dir / "tiny-sd")
+    env = {**os.environ, "GENERATOR_LISTEN": "127.0.0.1:0", "GENERATOR_CATALOG": str(catalog),
+           "GENERATOR_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub),
+           "GENERATOR_GRACE_SECONDS": "1"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.generator", cwd=REPO_ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -44,14 +77,17 @@ async def test_module_entry_point_serves_and_stops_on_sigterm(tiny_models_dir: P
     try:
         port = int((await read_until(process.stdout, r"event=server\.listening .* port=(\d+)", lines, 90))[1])
         await read_until(process.stdout, r"event=server\.serving", lines, 90)
-        assert any("event=model.warm model=tiny-sd" in line for line in lines)
+        assert any("event=model.warm model=cached-sd" in line for line in lines)
         async with internal_channel(f"127.0.0.1:{port}") as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-            request = generator_pb2.GenerateRequest(job_id="main-1", prompt="a cat", width=64, height=64, steps=2)
+            request = generator_pb2.GenerateRequest(job_id="main-1", prompt="a cat")
             events = [event async for event in stub.Generate(request, timeout=30)]
             assert [e.WhichOneof("event") for e in events][-2:] == ["image", "done"]
+            assert events[-1].done.model == "cached-sd"
+            models = (await stub.ListModels(common_pb2.ListModelsRequest(), timeout=10)).models
+            assert [(m.name, m.loaded, m.is_default) for m in models] == [("cached-sd", True, True)]
         await read_until(process.stdout, r"job=main-1 event=generate\.finished", lines, 30)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0

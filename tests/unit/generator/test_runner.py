@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from facegen.v1 import generator_pb2
-from services.common.errors import ResourceExhausted
-from services.generator.catalog import Catalog, load_catalog
+from services.common.errors import ResourceExhausted, Unavailable
+from services.generator.catalog import Catalog, load_catalog, parse_catalog
 from services.generator.device import Device, torch_threads
 from services.generator.jobs import Job
 from services.generator.params import GenerationParams, LoraChoice
@@ -185,6 +185,34 @@ def test_flux_shaped_model_generates_with_unpacked_previews(registry: PipelineRe
         assert preview.size == (16, 8)
     alone = run(flux, replace(params, seeds=(6,)))[0][0]
     assert np.abs(pixels(encode_png(output.images[0][1])) - pixels(alone)).max() <= 2
+
+
+def test_registry_keeps_the_default_and_drops_the_least_recently_used(catalog: Catalog) -> None:
+    registry = PipelineRegistry(catalog, CPU, max_models=2, max_loras=1)
+    assert registry.loaded_names() == frozenset()
+    default = registry.get("tiny-sd")
+    registry.get("tiny-sdxl")
+    assert registry.loaded_names() == {"tiny-sd", "tiny-sdxl"}
+    registry.get("tiny-flux")
+    assert registry.loaded_names() == {"tiny-sd", "tiny-flux"}
+    assert registry.get("tiny-sd") is default
+
+
+def test_missing_weights_are_unavailable_with_a_clear_message(tmp_path: Path, tiny_models_dir: Path) -> None:
+    catalog = parse_catalog({
+        "models": {"gone": {"family": "sd", "path": "gone", "default_width": 64, "default_height": 64,
+                            "min_size": 64},
+                   "tiny-sd": {"family": "sd", "path": str(tiny_models_dir / "tiny-sd"), "default_width": 64,
+                               "default_height": 64, "min_size": 64}},
+        "loras": {"lost": {"path": "lost.safetensors", "models": ["tiny-sd"]}},
+    }, tmp_path)
+    registry = PipelineRegistry(catalog, CPU, max_models=2, max_loras=1)
+    with pytest.raises(Unavailable, match="model 'gone' is not installed on the generator"):
+        registry.get("gone")
+    model = registry.get("tiny-sd")
+    with pytest.raises(Unavailable, match="lora 'lost' could not be loaded"):
+        model.use_lora(LoraChoice("lost", 1.0))
+    assert model.adapters == ()
 
 
 class _OutOfMemoryOnce:
