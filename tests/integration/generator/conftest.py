@@ -22,7 +22,8 @@ from services.generator.tiny_models import ensure_built
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The repo's models/ after `make setup`, or a fresh build in a temporary directory."""
-    yield ensure_built(DEFAULT_MODELS_DIR, tmp_path_factory.mktemp("tiny-models"))
+    # One fallback directory for the whole session: unit and integration tests share one build.
+    yield ensure_built(DEFAULT_MODELS_DIR, tmp_path_factory.getbasetemp() / "tiny-models")
 
 
 @dataclass
