@@ -45,6 +45,9 @@ REFS_PREFIX = "refs/"
 RESULTS_PREFIX = "results/"
 _RULE_IDS = {"facegen-tmp": TEMP_PREFIX, "facegen-refs": REFS_PREFIX, "facegen-results": RESULTS_PREFIX}
 _MAX_DELETE_BATCH = 1000  # the S3 DeleteObjects limit
+# Deletes wait this long for company before a DeleteObjects request goes out.
+_DELETE_LINGER_S = 0.05
+_MAX_CACHED_URLS = 10_000
 # A reference known to exist is trusted this long before asking the store again.
 _KNOWN_REFERENCE_TTL_S = 600.0
 # One boto3 session for the process: each new session parses the S3 service model
@@ -258,6 +261,16 @@ class Storage:
             return list(keys)
         return [str(error.get("Key")) for error in answer.get("Errors", [])]
 
+    def put_and_presign(self, key: str, data: bytes, content_type: str, expiry_s: int) -> str:
+        """Uploads ``data`` and returns a presigned GET URL for it (one thread hop for both)."""
+        self.put(key, data, content_type)
+        return self.presign(key, expiry_s)
+
+    def put_result(self, key: str, data: bytes, content_type: str) -> str:
+        """Uploads a result and returns the URL for the caller."""
+        self.put(key, data, content_type)
+        return self.url_for_result(key)
+
     def presign(self, key: str, expiry_s: int) -> str:
         """A presigned GET URL (computed locally, no request)."""
         url: str = self.client.generate_presigned_url(
@@ -285,6 +298,7 @@ class ObjectStore:
         self.pool = pool
         self._clock = clock
         self._known_refs: dict[str, float] = {}
+        self._reference_urls: dict[str, tuple[str, float]] = {}
         self._uploading: dict[str, asyncio.Future[bool]] = {}
         self._deleter = BatchDeleter(pool, storage.delete_many)
         self.reference_uploads = 0
@@ -361,13 +375,31 @@ class ObjectStore:
         """DeleteObjects requests sent so far."""
         return self._deleter.requests
 
-    def presign_temp(self, key: str) -> str:
-        """A short-lived GET URL for the worker."""
-        return self.storage.presign(key, self.storage.settings.temp_presign_expiry_s)
+    async def put_temp(self, key: str, data: bytes, content_type: str) -> str:
+        """Uploads a swap input; returns a short-lived GET URL for the worker."""
+        return await self.pool.run(self.storage.put_and_presign, key, data, content_type,
+                                   self.storage.settings.temp_presign_expiry_s)
 
-    def url_for_result(self, key: str) -> str:
-        """The URL handed back to the caller."""
-        return self.storage.url_for_result(key)
+    async def put_result(self, key: str, data: bytes, content_type: str) -> str:
+        """Uploads a result; returns the URL handed back to the caller."""
+        return await self.pool.run(self.storage.put_result, key, data, content_type)
+
+    async def reference_url(self, key: str, needed_s: float) -> str:
+        """A presigned GET URL for a reference that stays valid at least ``needed_s`` more seconds.
+
+        Many swaps of one job (and many jobs of one face) share a reference;
+        its URL is signed once and reused while it has enough life left.
+        """
+        now = self._clock()
+        cached = self._reference_urls.get(key)
+        if cached is not None and cached[1] - now >= needed_s:
+            return cached[0]
+        expiry = self.storage.settings.temp_presign_expiry_s
+        url = await self.pool.run(self.storage.presign, key, expiry)
+        if len(self._reference_urls) >= _MAX_CACHED_URLS:
+            self._reference_urls.clear()
+        self._reference_urls[key] = (url, now + expiry)
+        return url
 
     def _known(self, key: str) -> bool:
         until = self._known_refs.get(key)
@@ -391,17 +423,20 @@ class ObjectStore:
 class BatchDeleter:
     """Coalesces deletes from concurrent swaps into DeleteObjects requests.
 
-    The first delete goes out at once; deletes that arrive while a request is
-    in flight ride on the next one. No task runs in the background: the
-    work is chained by completion callbacks, and each caller awaits only its
-    own key's outcome.
+    A delete waits ``linger_s`` for others to join it (a full batch goes at
+    once); deletes that arrive while a request is in flight ride on the next
+    one. No task runs in the background: the work is chained by a timer and
+    completion callbacks, and each caller awaits only its own key's outcome.
     """
 
-    def __init__(self, pool: BlockingPool, delete_many: Callable[[list[str]], list[str]]) -> None:
+    def __init__(self, pool: BlockingPool, delete_many: Callable[[list[str]], list[str]],
+                 linger_s: float = _DELETE_LINGER_S) -> None:
         self.pool = pool
         self.delete_many = delete_many
+        self.linger_s = linger_s
         self._pending: list[tuple[str, asyncio.Future[bool]]] = []
         self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
         self.requests = 0
 
     def delete(self, key: str) -> asyncio.Future[bool]:
@@ -409,11 +444,23 @@ class BatchDeleter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._pending.append((key, future))
-        if not self._busy:
+        if self._busy:
+            return future
+        if len(self._pending) >= _MAX_DELETE_BATCH:
             self._send(loop)
+        elif self._timer is None:
+            self._timer = loop.call_later(self.linger_s, self._linger_over, loop)
         return future
 
+    def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._pending and not self._busy:
+            self._send(loop)
+
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch = self._pending[:_MAX_DELETE_BATCH]
         del self._pending[:_MAX_DELETE_BATCH]
         self._busy = True

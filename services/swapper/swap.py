@@ -127,12 +127,12 @@ class Swapper:
             await store.require_reference(request.reference_key)
         key = temp_key(request.job_id, request.image_index, target.info.mime)
         # A failed upload leaves nothing to delete (a half-made one is the lifecycle rule's).
-        await store.put(key, target.data, target.info.mime)
+        target_url = await store.put_temp(key, target.data, target.info.mime)
         deleting: asyncio.Future[bool] | None = None
         try:
             logs.event(log, "swap.stored", key=key, bytes=len(target.data))
             await emit(swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=key)))
-            outcome = await self._run_remote(store, request, key, deadline, emit, scope)
+            outcome = await self._run_remote(store, request, target_url, deadline, emit, scope)
             # The inputs are no longer needed: delete while the result is being stored.
             deleting = store.start_delete_temp(key)
             result = await self._store_result(store, request, target, outcome)
@@ -143,15 +143,15 @@ class Swapper:
         finally:
             await finish(self._clean_up(store, key, deleting, scope))
 
-    async def _run_remote(self, store: ObjectStore, request: swapper_pb2.SwapRequest, key: str,
+    async def _run_remote(self, store: ObjectStore, request: swapper_pb2.SwapRequest, target_url: str,
                           deadline: float, emit: EmitEvent, scope: CallScope) -> SwapSuccess | SwapFallback:
         if not request.reference_key:
             return SwapFallback(DISABLED, "no reference face was given: the image was stored without a swap")
         if self.remote is None:
             return SwapFallback(DISABLED, "no face-swap endpoint is configured (FACE_SWAP_ENDPOINT)")
         inputs = SwapInputs(
-            source_url=store.presign_temp(request.reference_key),
-            target_url=store.presign_temp(key),
+            source_url=await store.reference_url(request.reference_key, deadline - self._clock() + 60),
+            target_url=target_url,
             mouth_mask=request.options.mouth_mask,
             use_face_enhancer=request.options.use_face_enhancer,
             many_faces=request.options.many_faces,
@@ -180,8 +180,8 @@ class Swapper:
         else:
             data, info, swapped = target.data, target.info, False
         key = result_key(request.job_id, request.image_index, swapped, info.mime)
-        await store.put(key, data, info.mime)
-        result = swapper_pb2.SwapResult(url=store.url_for_result(key), key=key, content_type=info.mime,
+        url = await store.put_result(key, data, info.mime)
+        result = swapper_pb2.SwapResult(url=url, key=key, content_type=info.mime,
                                         width=info.width, height=info.height)
         if isinstance(outcome, SwapSuccess):
             result.method = common_pb2.FACE_SWAP_METHOD_EXTERNAL_API

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import io
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,6 +30,15 @@ from services.swapper.storage import (
 from services.swapper.swap import check_image
 
 pytestmark = pytest.mark.unit
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        if condition():
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)
 
 
 def storage(**env: str) -> Storage:
@@ -160,13 +171,15 @@ async def test_batch_deleter_coalesces_concurrent_deletes(pool: BlockingPool) ->
         release.wait(5)
         return ["tmp/bad"] if "tmp/bad" in keys else []
 
-    deleter = BatchDeleter(pool, delete_many)
-    futures = [deleter.delete(f"tmp/{i}") for i in range(5)]
-    futures.append(deleter.delete("tmp/bad"))
+    deleter = BatchDeleter(pool, delete_many, linger_s=0.01)
+    first = [deleter.delete(f"tmp/{i}") for i in range(3)]
+    await until(lambda: len(batches) == 1)
+    second = [deleter.delete("tmp/3"), deleter.delete("tmp/bad")]
     release.set()
-    outcomes = await asyncio.gather(*futures)
-    assert batches == [["tmp/0"], ["tmp/1", "tmp/2", "tmp/3", "tmp/4", "tmp/bad"]]
-    assert outcomes == [False] * 5 + [True]
+    outcomes = await asyncio.gather(*first, *second)
+    assert batches == [["tmp/0", "tmp/1", "tmp/2"], ["tmp/3", "tmp/bad"]], \
+        "deletes that arrive together share a request; those arriving meanwhile share the next"
+    assert outcomes == [False] * 4 + [True]
     assert deleter.requests == 2 and pool.inflight == 0
 
 
