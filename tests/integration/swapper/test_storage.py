@@ -60,6 +60,7 @@ async def test_missing_bucket_is_a_clear_error_and_the_service_stays_not_serving
     assert "S3_CREATE_BUCKET" in str(caught.value)
 
     starting = asyncio.create_task(harness.app.start())
+    await until(lambda: "does not exist" in harness.app.core.not_ready_reason, 5, "the first failed attempt")
     health = health_pb2_grpc.HealthStub(harness.channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service="facegen.v1.SwapperService"))
     assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
