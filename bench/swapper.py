@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -141,6 +142,12 @@ class Swapper:
             await asyncio.sleep(0.05)
         return swapper_pb2_grpc.SwapperServiceStub(self.channel)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the swapper process has used so far."""
+        assert self.process is not None
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
     async def __aexit__(self, *_exc: object) -> None:
         if self.channel is not None:
             await self.channel.close()
@@ -203,21 +210,27 @@ async def detection(s3_url: str, fake: FakeRunPod, name: str, env: dict[str, str
 async def concurrency(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
     """200 concurrent swaps of 1 s remote jobs through one swapper process."""
     fake.endpoint(ENDPOINT).plan = JobPlan(queue_s=0.0, run_s=1.0, fetch_inputs=False)
-    async with Swapper(s3_url, fake, "bench-concurrency") as stub:
+    swapper = Swapper(s3_url, fake, "bench-concurrency")
+    async with swapper as stub:
         reference = (await stub.PutReference(swapper_pb2.PutReferenceRequest(
             job_id="bench", image=png(64, (10, 150, 120))))).key
         target = png(64, (90, 60, 30))
         # One warm-up swap: connections, thread pools and code paths, as in a running service.
         await swap(stub, "warm-up", reference, target)
+        load = os.getloadavg()[0]
+        cpu_before = swapper.cpu_s()
         started = time.monotonic()
         outcomes = await asyncio.gather(*(swap(stub, f"c-{i}", reference, target)
                                           for i in range(CONCURRENT_SWAPS)))
         wall = time.monotonic() - started
+        cpu = swapper.cpu_s() - cpu_before
     errors = [error or (result.fallback_message if result else "") for _, _, result, error in outcomes
               if result is None or result.method != common_pb2.FACE_SWAP_METHOD_EXTERNAL_API]
     print(f"  {CONCURRENT_SWAPS} swaps of 1 s remote jobs: wall {wall:.2f} s, errors {len(errors)}"
-          + (f" (first: {errors[0]})" if errors else ""))
-    return {"swaps": CONCURRENT_SWAPS, "remote_run_s": 1.0, "wall_s": round(wall, 2), "errors": len(errors)}
+          + (f" (first: {errors[0]})" if errors else "")
+          + f"; swapper CPU {cpu:.2f} s ({cpu / CONCURRENT_SWAPS * 1000:.1f} ms/swap); load average {load:.2f}")
+    return {"swaps": CONCURRENT_SWAPS, "remote_run_s": 1.0, "wall_s": round(wall, 2), "errors": len(errors),
+            "swapper_cpu_ms_per_swap": round(cpu / CONCURRENT_SWAPS * 1000, 1), "load_average": round(load, 2)}
 
 
 async def same_face(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
@@ -266,6 +279,8 @@ async def main() -> None:
         "concurrent_wall_target_s": 3.0,
         "concurrent_errors": concurrent["errors"],
         "concurrent_errors_target": 0,
+        "concurrent_swapper_cpu_ms_per_swap": concurrent["swapper_cpu_ms_per_swap"],
+        "load_average_before": concurrent["load_average"],
         "same_face_jobs": dedup["jobs"],
         "reference_uploads": dedup["reference_uploads"],
         "reference_uploads_target": 1,
