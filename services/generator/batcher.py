@@ -11,11 +11,14 @@ hears its position whenever it changes (0 = runs next).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from services.common.errors import ResourceExhausted
 from services.generator.jobs import Job, queued_event
+
+log = logging.getLogger(__name__)
 
 
 class Batcher:
@@ -64,7 +67,13 @@ class Batcher:
         while True:
             batch = await self._next_batch()
             self._publish_positions()
-            await self._execute(batch)
+            try:
+                await self._execute(batch)
+            except Exception as exc:
+                # A bug in execute must fail its batch, not stop the worker and strand every later job.
+                log.error("event=generate.batch_crashed error=%s", exc, exc_info=exc)
+                for job in batch:
+                    job.fail(exc)
 
     async def _next_batch(self) -> list[Job]:
         while True:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from services.common.config import ConfigError
+
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -37,7 +39,7 @@ def resolve_device(setting: str) -> Device:
     if setting == "auto":
         return Device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"GENERATOR_DEVICE={setting} but torch sees no CUDA device")
+        raise ConfigError(f"GENERATOR_DEVICE={setting} but torch sees no CUDA device")
     return Device(setting)
 
 

@@ -148,3 +148,25 @@ async def test_first_job_cancelled_during_its_window_is_skipped() -> None:
         batcher.submit(job("next", seeds=(1, 2, 3, 4, 5, 6, 7, 8)))
         assert await asyncio.wait_for(device.started.get(), 5) == ["next"]
     assert device.batches == [["next"]]
+
+
+async def test_a_crashing_batch_fails_its_jobs_and_the_worker_goes_on() -> None:
+    calls: list[list[str]] = []
+
+    async def execute(batch: list[Job]) -> None:
+        calls.append([job.params.job_id for job in batch])
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        for job in batch:
+            job.finish()
+
+    batcher = Batcher(execute, queue_size=10, window_s=0.0, max_images=1)
+    crashed, fine = job("crashed"), job("fine")
+    batcher.submit(crashed)
+    batcher.submit(fine)
+    async with running(batcher):
+        with pytest.raises(RuntimeError, match="bug"):
+            async for _ in crashed.events():
+                pass
+        assert [event.WhichOneof("event") async for event in fine.events()] == ["queued", "queued"]
+    assert calls == [["crashed"], ["fine"]]
