@@ -304,10 +304,6 @@ class ObjectStore:
         self.reference_uploads = 0
         self.reference_hits = 0
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Uploads ``data``; StorageUnavailable on failure."""
-        await self.pool.run(self.storage.put, key, data, content_type)
-
     async def put_reference(self, data: bytes, mime: str) -> tuple[str, bool]:
         """Stores a reference face once; returns its key and whether it was already there.
 
