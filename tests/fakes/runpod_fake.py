@@ -347,6 +347,10 @@ class FakeRunPod:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # stop() cancels handlers that are sleeping (hangs, long-polls); end quietly, since
+            # asyncio's stream callback would report a cancelled handler as an error.
+            return
         finally:
             self._handlers.discard(task)
             if not writer.transport.is_closing():
