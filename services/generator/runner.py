@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from services.common import logs
-from services.common.errors import ResourceExhausted
+from services.common.errors import FacegenError, ResourceExhausted
 from services.generator.device import Device, is_out_of_memory, release_cached_memory
 from services.generator.jobs import Job, step_event
 from services.generator.pipelines import LoadedModel
@@ -74,7 +74,6 @@ def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchO
             negatives.append(job.params.negative_prompt)
             # CPU generators: the same seed gives the same starting noise on every device.
             generators.append(torch.Generator("cpu").manual_seed(seed))
-    model.use_lora(params.lora)
     steps_run = 0
 
     def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +105,9 @@ def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchO
         kwargs["negative_prompt"] = negatives if params.negative_prompt else None
     started = time.perf_counter()
     try:
+        model.use_lora(params.lora)  # attaching an adapter allocates device memory too
         images = model.pipe(**kwargs).images
-    except BatchInterrupted:
+    except (BatchInterrupted, FacegenError):
         raise
     except Exception as exc:
         if not is_out_of_memory(exc):
