@@ -202,12 +202,19 @@ class LocalStack:
         service.start(self.run_dir)
         service.wait_ready()
 
-    def _specs(self, a: StackAddresses, ports: dict[str, int]) -> dict[str, ServiceProcess]:
-        python = sys.executable
-        s3_env = {
+    def swapper_env(self) -> dict[str, str]:
+        """The storage and RunPod settings the swapper (or its doctor) needs for this stack."""
+        a = self.addresses
+        if a is None:
+            raise StackError("the stack has not been started")
+        return {
             "S3_ENDPOINT_URL": a.s3, "S3_BUCKET": BUCKET, "S3_ACCESS_KEY_ID": "local",
             "S3_SECRET_ACCESS_KEY": "local-secret", "S3_REGION": "auto", "S3_CREATE_BUCKET": "true",
+            "RUNPOD_API_BASE": a.runpod, "FACE_SWAP_ENDPOINT": ENDPOINT_ID, "RUNPOD_API_KEY": self.api_key,
         }
+
+    def _specs(self, a: StackAddresses, ports: dict[str, int]) -> dict[str, ServiceProcess]:
+        python = sys.executable
         common = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.extra_env}
         auth = {"Authorization": f"Bearer {self.api_key}"}
         specs = [
@@ -222,8 +229,7 @@ class LocalStack:
                            {**common, "GENERATOR_LISTEN": a.generator}, lambda: grpc_serving(a.generator),
                            start_timeout=300),
             ServiceProcess("swapper", [python, "-m", "services.swapper"],
-                           {**common, **s3_env, "SWAPPER_LISTEN": a.swapper, "RUNPOD_API_BASE": a.runpod,
-                            "FACE_SWAP_ENDPOINT": ENDPOINT_ID, "RUNPOD_API_KEY": self.api_key},
+                           {**common, **self.swapper_env(), "SWAPPER_LISTEN": a.swapper},
                            lambda: grpc_serving(a.swapper)),
             ServiceProcess("gateway", [python, "-m", "services.gateway"],
                            {**common, "GATEWAY_LISTEN": a.gateway, "GENERATOR_ADDRESS": a.generator,

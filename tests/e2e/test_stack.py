@@ -6,6 +6,8 @@ service (endpoint down, storage stopped) come last.
 
 import io
 import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -169,6 +171,14 @@ def test_cancel_while_the_remote_job_waits_cancels_it_on_runpod(gateway, face, t
     while runpod.status(remote_id).get("status") != "CANCELLED" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert runpod.status(remote_id)["status"] == "CANCELLED"
+
+
+def test_doctor_passes_against_the_local_endpoint(stack) -> None:
+    env = {**os.environ, **stack.swapper_env(), "S3_MANAGE_LIFECYCLE": "false"}
+    doctor = subprocess.run([sys.executable, "-m", "services.swapper", "doctor"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert stack.api_key not in doctor.stdout + doctor.stderr  # the key is shown masked only
 
 
 def test_endpoint_down_falls_back_with_the_reason(gateway, face, template, stack) -> None:
