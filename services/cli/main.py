@@ -68,7 +68,7 @@ def _job_arguments(job: argparse.ArgumentParser) -> None:
     job.add_argument("--guidance", type=float)
     job.add_argument("--seed", type=int, help="-1 or omitted: random")
     job.add_argument("--images", type=int, default=1, help="1–4")
-    job.add_argument("--lora", help="NAME or NAME:WEIGHT")
+    job.add_argument("--lora", help="NAME or NAME:WEIGHT (default: the catalog's weight)")
     reference = job.add_mutually_exclusive_group(required=True)
     reference.add_argument("--reference", type=Path, help="photo of the face (JPEG, PNG or WebP)")
     reference.add_argument("--reference-key", help="storage key of a reference from an earlier job")
@@ -100,7 +100,8 @@ def build_request(args: argparse.Namespace) -> gateway_pb2.JobRequest:
     if args.lora:
         name, _, weight = args.lora.partition(":")
         request.lora.name = name
-        request.lora.weight = float(weight) if weight else 1.0
+        if weight:
+            request.lora.weight = float(weight)
     if args.reference is not None:
         request.reference_image = args.reference.read_bytes()
     else:

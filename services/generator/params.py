@@ -140,5 +140,4 @@ def _lora(request: generator_pb2.GenerateRequest, model: ModelSpec, catalog: Cat
     weight = request.lora.weight
     if not math.isfinite(weight) or not 0.0 <= weight <= LORA_MAX_WEIGHT:
         raise InvalidInput(f"lora.weight={weight} is out of range: 0 to {LORA_MAX_WEIGHT}")
-    # proto3 cannot tell an unset weight from 0: 0 means the catalog's default weight.
-    return LoraChoice(name=name, weight=weight or entry.default_weight)
+    return LoraChoice(name=name, weight=weight if request.lora.HasField("weight") else entry.default_weight)

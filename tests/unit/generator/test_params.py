@@ -96,11 +96,13 @@ def test_unknown_model_and_lora_are_not_found(catalog: Catalog) -> None:
         validate(request(lora=common_pb2.LoraSpec(name="nope")), catalog, 100, "j")
 
 
-def test_lora_weight_zero_means_the_catalog_default(catalog: Catalog) -> None:
+def test_unset_lora_weight_means_the_catalog_default_and_zero_means_zero(catalog: Catalog) -> None:
     unset = validate(request(lora=common_pb2.LoraSpec(name="tiny-sd-style")), catalog, 100, "j")
     assert unset.lora == LoraChoice("tiny-sd-style", catalog.loras["tiny-sd-style"].default_weight)
     explicit = validate(request(lora=common_pb2.LoraSpec(name="tiny-sd-style", weight=0.5)), catalog, 100, "j")
     assert explicit.lora == LoraChoice("tiny-sd-style", 0.5)
+    zero = validate(request(lora=common_pb2.LoraSpec(name="tiny-sd-style", weight=0.0)), catalog, 100, "j")
+    assert zero.lora == LoraChoice("tiny-sd-style", 0.0)
 
 
 def test_batch_key_groups_compatible_requests(catalog: Catalog) -> None:
