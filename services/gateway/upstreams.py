@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import grpc
 
@@ -98,20 +99,10 @@ class Upstreams:
                 f"the {upstream} cannot be reached (no connection within {timeout:g} s); retry later"
             ) from None
 
-    async def generate(self, request: generator_pb2.GenerateRequest,
-                       ) -> AsyncGenerator[generator_pb2.GenerateEvent]:
+    def generate(self, request: generator_pb2.GenerateRequest) -> AsyncGenerator[generator_pb2.GenerateEvent]:
         """Streams the generator's events; cancelling the consumer cancels the call."""
-        await self._connected(self._generator_channel, GENERATOR)
-        timeout = self._settings.generate_timeout_seconds
-        started = time.monotonic()
-        call = self._generator.Generate(request, timeout=timeout, wait_for_ready=True)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, GENERATOR, timeout, started, "GATEWAY_GENERATE_TIMEOUT_SECONDS") from None
-        finally:
-            call.cancel()
+        return self._stream(self._generator_channel, GENERATOR, self._generator.Generate, request,
+                            self._settings.generate_timeout_seconds, "GATEWAY_GENERATE_TIMEOUT_SECONDS")
 
     async def put_reference(self, job_id: str, image: bytes) -> str:
         """Stores the reference face; returns its storage key."""
@@ -126,17 +117,22 @@ class Upstreams:
             raise translate(exc, SWAPPER, timeout, started, "GATEWAY_UPLOAD_TIMEOUT_SECONDS") from None
         return response.key
 
-    async def swap(self, request: swapper_pb2.SwapRequest) -> AsyncGenerator[swapper_pb2.SwapEvent]:
+    def swap(self, request: swapper_pb2.SwapRequest) -> AsyncGenerator[swapper_pb2.SwapEvent]:
         """Streams the swapper's events for one image; cancelling the consumer cancels the call."""
-        await self._connected(self._swapper_channel, SWAPPER)
-        timeout = self._settings.swap_timeout_seconds
+        return self._stream(self._swapper_channel, SWAPPER, self._swapper.Swap, request,
+                            self._settings.swap_timeout_seconds, "GATEWAY_SWAP_TIMEOUT_SECONDS")
+
+    async def _stream(self, channel: grpc.aio.Channel, upstream: str, method: Any, request: Any,
+                      deadline_s: float, setting: str) -> AsyncGenerator[Any]:
+        """One server-streaming call with its deadline; errors translated, the call cancelled on exit."""
+        await self._connected(channel, upstream)
         started = time.monotonic()
-        call = self._swapper.Swap(request, timeout=timeout, wait_for_ready=True)
+        call = method(request, timeout=deadline_s, wait_for_ready=True)
         try:
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, SWAPPER, timeout, started, "GATEWAY_SWAP_TIMEOUT_SECONDS") from None
+            raise translate(exc, upstream, deadline_s, started, setting) from None
         finally:
             call.cancel()
 
