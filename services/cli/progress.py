@@ -9,31 +9,9 @@ from typing import TextIO
 from google.protobuf import json_format
 
 from facegen.v1 import common_pb2, gateway_pb2
+from services.common.names import method_name, reason_name, stage_name
 
-STAGE_NAMES: dict[int, str] = {
-    gateway_pb2.STAGE_QUEUED: "queued",
-    gateway_pb2.STAGE_GENERATING: "generating",
-    gateway_pb2.STAGE_STORING: "storing",
-    gateway_pb2.STAGE_SWAPPING: "swapping",
-    gateway_pb2.STAGE_FINALIZING: "finalizing",
-    gateway_pb2.STAGE_TERMINAL: "done",
-}
 BAR_WIDTH = 30
-
-
-def stage_name(stage: int) -> str:
-    """Lower-case name of a Stage value."""
-    return STAGE_NAMES.get(stage, "unknown")
-
-
-def method_name(method: int) -> str:
-    """``external_api`` / ``local`` / ``none`` for a FaceSwapMethod value."""
-    return common_pb2.FaceSwapMethod.Name(method).removeprefix("FACE_SWAP_METHOD_").lower()
-
-
-def reason_name(reason: int) -> str:
-    """``no_face_found`` etc. for a FallbackReason value."""
-    return common_pb2.FallbackReason.Name(reason).removeprefix("FALLBACK_REASON_").lower()
 
 
 def event_json(event: gateway_pb2.JobEvent) -> str:

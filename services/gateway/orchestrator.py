@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
 from services.common import logs
 from services.common.errors import FacegenError, is_internal, new_incident_id, status_for
+from services.common.names import method_name, reason_name, stage_name
 from services.gateway.admission import Admission
 from services.gateway.progress import Progress, StageClock
 from services.gateway.settings import Settings
@@ -32,11 +33,6 @@ log = logging.getLogger(__name__)
 QUEUED, GENERATING, STORING, SWAPPING, FINALIZING, TERMINAL = (
     gateway_pb2.STAGE_QUEUED, gateway_pb2.STAGE_GENERATING, gateway_pb2.STAGE_STORING,
     gateway_pb2.STAGE_SWAPPING, gateway_pb2.STAGE_FINALIZING, gateway_pb2.STAGE_TERMINAL)
-STAGE_NAMES = {value: name.removeprefix("STAGE_").lower() for name, value in gateway_pb2.Stage.items()}
-METHOD_NAMES = {value: name.removeprefix("FACE_SWAP_METHOD_").lower()
-                for name, value in common_pb2.FaceSwapMethod.items()}
-REASON_NAMES = {value: name.removeprefix("FALLBACK_REASON_").lower()
-                for name, value in common_pb2.FallbackReason.items()}
 
 
 @dataclass(frozen=True)
@@ -324,7 +320,7 @@ class JobRun:
         event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
         # Denoising steps are the bulk of a job's events: they are logged at DEBUG only.
         logs.event(log, "job.event", logging.DEBUG if denoise is not None else logging.INFO,
-                   seq=self._seq, stage=STAGE_NAMES.get(stage, stage), percent=event.percent,
+                   seq=self._seq, stage=stage_name(stage), percent=event.percent,
                    image=image_index, message=message)
         await self._store.append(self.job_id, event, state)
 
@@ -344,7 +340,7 @@ def _image_result(index: int, seed: int, result: swapper_pb2.SwapResult) -> gate
 
 def _result_message(index: int, result: swapper_pb2.SwapResult) -> str:
     if result.method == common_pb2.FACE_SWAP_METHOD_NONE:
-        reason = REASON_NAMES.get(result.fallback_reason, "unspecified")
+        reason = reason_name(result.fallback_reason)
         detail = f": {result.fallback_message}" if result.fallback_message else ""
         return f"image {index} ready without face swap ({reason}{detail})"
-    return f"image {index} ready (face swapped by {METHOD_NAMES.get(result.method, 'unknown')})"
+    return f"image {index} ready (face swapped by {method_name(result.method)})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from facegen.v1 import common_pb2
+from services.common.names import reason_name
 
 Reason = int  # a common_pb2.FallbackReason value
 
@@ -42,11 +43,6 @@ class SwapFallback(Exception):
     def reason_name(self) -> str:
         """The enum value's name without its prefix, for logs."""
         return reason_name(self.reason)
-
-
-def reason_name(reason: Reason) -> str:
-    """``FALLBACK_REASON_TIMED_OUT`` → ``timed_out``."""
-    return common_pb2.FallbackReason.Name(reason).removeprefix("FALLBACK_REASON_").lower()
 
 
 def failure_reason(error_text: str) -> Reason:

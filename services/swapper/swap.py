@@ -24,8 +24,9 @@ from facegen.v1 import common_pb2, swapper_pb2
 from services.common import logs
 from services.common.errors import InvalidInput, ResourceExhausted, Unavailable
 from services.common.images import ImageInfo, ImageLimits, inspect_image, sanitize
+from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
-from services.swapper.fallback import DISABLED, SwapFallback, reason_name
+from services.swapper.fallback import DISABLED, SwapFallback
 from services.swapper.remote import RemoteEvent, RemoteSwapper, Submitted, SwapInputs, SwapSuccess, finish
 from services.swapper.settings import Settings
 from services.swapper.storage import ObjectStore, result_key, temp_key

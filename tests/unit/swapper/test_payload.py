@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from services.common.config import Env
+from services.common.names import reason_name
 from services.swapper.fallback import (
     ENDPOINT_UNAVAILABLE,
     KEY_REJECTED,
     RATE_LIMITED,
     TIMED_OUT,
-    reason_name,
 )
 from services.swapper.remote import SwapInputs, _combine, build_payload
 from services.swapper.settings import Settings
