@@ -5,6 +5,7 @@ service (endpoint down, storage stopped) come last.
 """
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -126,6 +127,23 @@ def test_template_job_swaps_the_face_and_leaves_the_rest(gateway, face, template
     outside[top:bottom, left:right] = False
     # The worker returns a JPEG, so "unchanged" means within re-encoding noise.
     assert diff[outside].mean() < 3, "pixels outside the face changed"
+
+
+def test_cli_runs_a_template_job_and_writes_the_image(stack, face, template, tmp_path) -> None:
+    (tmp_path / "face.jpg").write_bytes(face)
+    (tmp_path / "target.png").write_bytes(template)
+    cli = [sys.executable, "-m", "services.cli", "--gateway", stack.addresses.gateway]
+    run = subprocess.run([*cli, "--json", "run", "--reference", str(tmp_path / "face.jpg"),
+                          "--target", str(tmp_path / "target.png"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr  # 0: every image has the face swapped
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert events[-1]["stage"] == "STAGE_TERMINAL"
+    assert events[-1]["result"]["images"][0]["face_swap_method"] == "FACE_SWAP_METHOD_EXTERNAL_API"
+    (written,) = (tmp_path / "out").iterdir()
+    assert sniff_mime(written.read_bytes()) == "image/jpeg"
+    models = subprocess.run([*cli, "models"], capture_output=True, text=True, timeout=60)
+    assert models.returncode == 0 and "tiny-sd (default)" in models.stdout
 
 
 def test_watch_reattaches_and_replays_after_the_client_drops(gateway, face) -> None:
