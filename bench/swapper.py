@@ -37,13 +37,13 @@ from typing import Any
 
 import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc  # noqa: E402
+from services.common.health import wait_until_serving  # noqa: E402
 from tests.fakes.runpod_fake import FakeRunPod, JobPlan, cycle_plans  # noqa: E402
 
 API_KEY = "rpa_BENCHKEY0123456789abcdefghijklmn"
@@ -128,18 +128,10 @@ class Swapper:
             stderr=asyncio.subprocess.STDOUT)
         self.channel = grpc.aio.insecure_channel(self.address, options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline or self.process.returncode is not None:
-                raise RuntimeError(f"the swapper did not start; see {self.log_path}")
-            await asyncio.sleep(0.05)
+        try:
+            await wait_until_serving(self.channel, 60)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            raise RuntimeError(f"the swapper did not start; see {self.log_path}") from exc
         return swapper_pb2_grpc.SwapperServiceStub(self.channel)
 
     def cpu_s(self) -> float:

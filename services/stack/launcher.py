@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import grpc
 import requests
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.health import is_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
@@ -42,16 +42,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def grpc_serving(address: str) -> bool:
-    """True when the gRPC server at ``address`` reports SERVING."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
@@ -226,14 +216,14 @@ class LocalStack:
                            {**common, "FACESWAP_ENDPOINT_API_KEY": self.api_key},
                            lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
             ServiceProcess("generator", [python, "-m", "services.generator"],
-                           {**common, "GENERATOR_LISTEN": a.generator}, lambda: grpc_serving(a.generator),
+                           {**common, "GENERATOR_LISTEN": a.generator}, lambda: is_serving(a.generator),
                            start_timeout=300),
             ServiceProcess("swapper", [python, "-m", "services.swapper"],
                            {**common, **self.swapper_env(), "SWAPPER_LISTEN": a.swapper},
-                           lambda: grpc_serving(a.swapper)),
+                           lambda: is_serving(a.swapper)),
             ServiceProcess("gateway", [python, "-m", "services.gateway"],
                            {**common, "GATEWAY_LISTEN": a.gateway, "GENERATOR_ADDRESS": a.generator,
-                            "SWAPPER_ADDRESS": a.swapper}, lambda: grpc_serving(a.gateway)),
+                            "SWAPPER_ADDRESS": a.swapper}, lambda: is_serving(a.gateway)),
         ]
         return {spec.name: spec for spec in specs}
 

@@ -12,6 +12,7 @@ from facegen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.common import errors
 from services.common.channel import internal_channel
 from services.common.config import ServerSettings
+from services.common.health import is_serving, wait_until_serving
 from services.common.server import ServiceServer
 
 pytestmark = pytest.mark.integration
@@ -139,3 +140,19 @@ async def test_graceful_stop_drains_in_flight_streams_and_reports_not_serving(se
     assert server.health._server_status[""] == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(grpc.aio.AioRpcError):
         await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+async def test_wait_until_serving_returns_when_the_service_becomes_ready(served) -> None:
+    server, _, channel = served
+    waiting = asyncio.create_task(wait_until_serving(channel, 10))
+    await asyncio.sleep(0)  # let the watcher start before the change (ordering only, not timing)
+    assert not waiting.done()
+    await server.set_serving(True)
+    await waiting
+    assert await asyncio.to_thread(is_serving, f"127.0.0.1:{server.port}")  # blocking client: off the loop
+
+
+async def test_wait_until_serving_times_out_on_a_server_that_never_gets_ready(served) -> None:
+    _, _, channel = served
+    with pytest.raises(TimeoutError):
+        await wait_until_serving(channel, 0.5)

@@ -8,14 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc
 from services.common.config import Env
+from services.common.health import wait_until_serving
 from services.swapper.doctor import run_doctor
 from services.swapper.settings import Settings
 from tests.fakes.runpod_fake import FakeRunPod, Fault
@@ -88,18 +87,7 @@ async def test_the_service_process_serves_and_stops_on_sigterm(base_env: dict[st
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                assert time.monotonic() < deadline, "the swapper did not become SERVING"
-                assert process.returncode is None, "the swapper exited"
-                await asyncio.sleep(0.1)
+            await wait_until_serving(channel, 20)
             stub = swapper_pb2_grpc.SwapperServiceStub(channel)
             reference = await stub.PutReference(swapper_pb2.PutReferenceRequest(job_id="p", image=image_bytes()))
             events = [event async for event in stub.Swap(swapper_pb2.SwapRequest(
