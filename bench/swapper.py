@@ -211,18 +211,27 @@ async def concurrency(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
         await swap(stub, "warm-up", reference, target)
         load = os.getloadavg()[0]
         cpu_before = swapper.cpu_s()
+        machine_before = psutil.cpu_times()
         started = time.monotonic()
         outcomes = await asyncio.gather(*(swap(stub, f"c-{i}", reference, target)
                                           for i in range(CONCURRENT_SWAPS)))
         wall = time.monotonic() - started
         cpu = swapper.cpu_s() - cpu_before
+        busy = _busy_s(psutil.cpu_times()) - _busy_s(machine_before)
     errors = [error or (result.fallback_message if result else "") for _, _, result, error in outcomes
               if result is None or result.method != common_pb2.FACE_SWAP_METHOD_EXTERNAL_API]
     print(f"  {CONCURRENT_SWAPS} swaps of 1 s remote jobs: wall {wall:.2f} s, errors {len(errors)}"
           + (f" (first: {errors[0]})" if errors else "")
-          + f"; swapper CPU {cpu:.2f} s ({cpu / CONCURRENT_SWAPS * 1000:.1f} ms/swap); load average {load:.2f}")
+          + f"; swapper CPU {cpu:.2f} s ({cpu / CONCURRENT_SWAPS * 1000:.1f} ms/swap); load average {load:.2f}"
+          + f"; all processes used {busy:.2f} CPU-s of the machine's {wall * (os.cpu_count() or 1):.2f}")
     return {"swaps": CONCURRENT_SWAPS, "remote_run_s": 1.0, "wall_s": round(wall, 2), "errors": len(errors),
-            "swapper_cpu_ms_per_swap": round(cpu / CONCURRENT_SWAPS * 1000, 1), "load_average": round(load, 2)}
+            "swapper_cpu_ms_per_swap": round(cpu / CONCURRENT_SWAPS * 1000, 1), "load_average": round(load, 2),
+            "machine_busy_fraction": round(busy / (wall * (os.cpu_count() or 1)), 2)}
+
+
+def _busy_s(times: Any) -> float:
+    """CPU seconds the whole machine spent on anything but idling."""
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 async def same_face(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
@@ -272,6 +281,7 @@ async def main() -> None:
         "concurrent_errors": concurrent["errors"],
         "concurrent_errors_target": 0,
         "concurrent_swapper_cpu_ms_per_swap": concurrent["swapper_cpu_ms_per_swap"],
+        "concurrent_machine_busy_fraction": concurrent["machine_busy_fraction"],
         "load_average_before": concurrent["load_average"],
         "same_face_jobs": dedup["jobs"],
         "reference_uploads": dedup["reference_uploads"],
