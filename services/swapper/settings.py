@@ -9,6 +9,7 @@ never shows them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -118,17 +119,10 @@ class Settings:
         )
 
 
-def _first(env: Env, *names: str) -> str | None:
+def _first(read: Callable[[str], str | None], *names: str) -> str | None:
+    """The value of the first of ``names`` that ``read`` finds set (S3_* before its R2_* alias)."""
     for name in names:
-        value = env.optional(name)
-        if value is not None:
-            return value
-    return None
-
-
-def _first_secret(env: Env, *names: str) -> str | None:
-    for name in names:
-        value = env.secret(name)
+        value = read(name)
         if value is not None:
             return value
     return None
@@ -144,22 +138,22 @@ def _check_url(name: str, value: str) -> str:
 
 
 def _storage_from_env(env: Env) -> StorageSettings:
-    endpoint = _first(env, "S3_ENDPOINT_URL", "R2_ENDPOINT_URL")
+    endpoint = _first(env.optional, "S3_ENDPOINT_URL", "R2_ENDPOINT_URL")
     account = env.optional("R2_ACCOUNT_ID")
     if endpoint is None and account is not None:
         endpoint = f"https://{account}.r2.cloudflarestorage.com"
     if endpoint is not None:
         endpoint = _check_url("S3_ENDPOINT_URL", endpoint)
-    access_key = _first_secret(env, "S3_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID")
-    secret_key = _first_secret(env, "S3_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY")
+    access_key = _first(env.secret, "S3_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID")
+    secret_key = _first(env.secret, "S3_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY")
     if endpoint is not None and (access_key is None or secret_key is None):
         raise ConfigError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are required when "
                           "S3_ENDPOINT_URL is set (or R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY)")
-    bucket = _first(env, "S3_BUCKET", "R2_BUCKET") or "facegen"
+    bucket = _first(env.optional, "S3_BUCKET", "R2_BUCKET") or "facegen"
     if not _BUCKET.match(bucket):
         raise ConfigError(f"S3_BUCKET={bucket!r} is not a valid bucket name "
                           "(3-63 lowercase letters, digits, dots and hyphens)")
-    public = _first(env, "S3_PUBLIC_BASE_URL", "R2_PUBLIC_BASE_URL")
+    public = _first(env.optional, "S3_PUBLIC_BASE_URL", "R2_PUBLIC_BASE_URL")
     return StorageSettings(
         endpoint_url=endpoint,
         access_key_id=access_key,
