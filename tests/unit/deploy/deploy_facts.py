@@ -143,6 +143,12 @@ def pinned_names(constraints: Path) -> set[str]:
     return names
 
 
+def _reads_secrets(call: ast.Call) -> bool:
+    """Whether ``call`` reads its string arguments as secrets: ``env.secret(...)`` or ``f(env.secret, ...)``."""
+    callables = [call.func, *(arg for arg in call.args if isinstance(arg, ast.Attribute))]
+    return any("secret" in ast.unparse(item).lower() for item in callables)
+
+
 @functools.cache
 def known_env_vars(service: str) -> frozenset[str]:
     """Every variable that ``service`` (its settings and the shared code) can read.
@@ -157,8 +163,8 @@ def known_env_vars(service: str) -> frozenset[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and _ENV_NAME.match(node.value):
                 names.add(node.value)
-            elif isinstance(node, ast.Call) and "secret" in ast.unparse(node.func).lower():
-                # env.secret("NAME") and helpers like _first_secret(env, "A", "B") also read NAME_FILE.
+            elif isinstance(node, ast.Call) and _reads_secrets(node):
+                # env.secret("NAME") and _first(env.secret, "A", "B") also read NAME_FILE.
                 secrets.update(arg.value for arg in node.args
                                if isinstance(arg, ast.Constant) and isinstance(arg.value, str))
     prefix = service.upper()
