@@ -7,7 +7,11 @@
 1. Overhead: one Generate call through gRPC to a running service, against the
    same pipeline (loaded by the same code) called directly in this process with
    the same settings; median of --runs runs each, interleaved so drift in the
-   machine's load hits both alike.
+   machine's load hits both alike. The service runs its pipeline under
+   torch.inference_mode; a direct call made that way too is measured beside the
+   plain one, so the figure for what the service adds alone is there. Where a model's tensors land in memory moves
+   its speed by a few percent from one load to the next, so the runs rotate over
+   --processes service processes and as many copies loaded here.
 2. Batching: --concurrency concurrent requests (same settings, different
    prompts and seeds), images per second with batching against a second
    service started with GENERATOR_MAX_BATCH=1.
@@ -128,8 +132,11 @@ async def generate(stub: generator_pb2_grpc.GeneratorServiceStub, req: generator
     return received
 
 
-def load_direct(args: argparse.Namespace) -> tuple[object, float, str]:
-    """The same model loaded in this process by the service's own loader; returns (pipe, guidance, model)."""
+def load_direct(args: argparse.Namespace, copies: int = 1) -> tuple[list[object], float, str]:
+    """The same model loaded ``copies`` times in this process by the service's own loader.
+
+    Returns (pipes, guidance, model).
+    """
     import torch
 
     from services.generator.catalog import load_catalog
@@ -149,60 +156,79 @@ def load_direct(args: argparse.Namespace) -> tuple[object, float, str]:
     args.width = args.width or spec.default_width
     args.height = args.height or spec.default_height
     args.steps = args.steps or spec.default_steps
-    model = PipelineRegistry(catalog, device, 1, 1).get(model_name)
-    return model.pipe, spec.default_guidance, model_name
+    pipes = [PipelineRegistry(catalog, device, 1, 1).get(model_name).pipe for _ in range(copies)]
+    return pipes, spec.default_guidance, model_name
 
 
-def run_direct(pipe: object, args: argparse.Namespace, guidance: float, prompt: str, seed: int) -> float:
-    """One direct pipeline call with the service's settings; returns seconds."""
+def run_direct(pipe: object, args: argparse.Namespace, guidance: float, prompt: str, seed: int,
+               inference_mode: bool = False) -> float:
+    """One direct pipeline call with the service's settings; returns seconds.
+
+    A plain call by default, as a user of diffusers would make it; with ``inference_mode`` under
+    ``torch.inference_mode()`` as the service runs it, which leaves only what the service adds.
+    """
     import torch
 
     started = time.perf_counter()
-    pipe(prompt=[prompt], height=args.height, width=args.width,  # type: ignore[operator]
-         num_inference_steps=args.steps, guidance_scale=guidance, num_images_per_prompt=1,
-         generator=[torch.Generator("cpu").manual_seed(seed)], output_type="pil")
+    with torch.inference_mode(inference_mode):
+        pipe(prompt=[prompt], height=args.height, width=args.width,  # type: ignore[operator]
+             num_inference_steps=args.steps, guidance_scale=guidance, num_images_per_prompt=1,
+             generator=[torch.Generator("cpu").manual_seed(seed)], output_type="pil")
     return time.perf_counter() - started
 
 
-async def measure_overhead(args: argparse.Namespace, stub: generator_pb2_grpc.GeneratorServiceStub,
+async def measure_overhead(args: argparse.Namespace, stubs: list[generator_pb2_grpc.GeneratorServiceStub],
                            stub_no_window: generator_pb2_grpc.GeneratorServiceStub,
-                           pipe: object, guidance: float) -> dict[str, object]:
+                           pipes: list[object], guidance: float) -> dict[str, object]:
     """Median latency through gRPC against the direct call, interleaved run by run.
 
-    ``stub`` is the service as configured (with its batch window); ``stub_no_window`` the one with
-    batching off, where a lone request never waits for company: the difference is the window's cost.
+    ``stubs`` are the service processes as configured (with their batch window), ``pipes`` as many
+    copies loaded here; run ``n`` uses copy ``n % len``. ``stub_no_window`` is a service with batching
+    off, where a lone request never waits for company: the difference is the window's cost.
     """
-    times: dict[str, list[float]] = {"direct": [], "grpc": [], "grpc_no_window": []}
+    times: dict[str, list[float]] = {"direct": [], "direct_inference_mode": [], "grpc": [], "grpc_no_window": []}
     inside_ms: list[float] = []
-    stubs = {"grpc": stub, "grpc_no_window": stub_no_window}
     for warm in range(2):
-        run_direct(pipe, args, guidance, "warm-up", warm)
-        for warm_stub in stubs.values():
+        for pipe in pipes:
+            run_direct(pipe, args, guidance, "warm-up", warm)
+        for warm_stub in [*stubs, stub_no_window]:
             await generate(warm_stub, request(args, "warm-up", warm))
     order = list(times)
     for run in range(args.runs):
+        copy = run % len(pipes)
         # Rotate which goes first, so none always follows another's leftovers.
-        for path in order[run % 3:] + order[:run % 3]:
-            if path == "direct":
-                times[path].append(await asyncio.to_thread(run_direct, pipe, args, guidance, "a lighthouse", run))
+        for path in order[run % len(order):] + order[:run % len(order)]:
+            if path.startswith("direct"):
+                times[path].append(await asyncio.to_thread(run_direct, pipes[copy], args, guidance,
+                                                           "a lighthouse", run, path != "direct"))
                 continue
             started = time.perf_counter()
             sink = inside_ms if path == "grpc" else None
-            assert await generate(stubs[path], request(args, "a lighthouse", run), sink) == 1
+            stub = stubs[copy] if path == "grpc" else stub_no_window
+            assert await generate(stub, request(args, "a lighthouse", run), sink) == 1
             times[path].append(time.perf_counter() - started)
     medians = {path: statistics.median(values) * 1000 for path, values in times.items()}
+    # The spread between copies: how much of the ratio is where the tensors happened to land.
+    per_copy = [round(statistics.median(times["grpc"][i::len(pipes)])
+                      / statistics.median(times["direct"][i::len(pipes)]), 3) for i in range(len(pipes))]
     pipeline_ms = statistics.median(inside_ms)
     ratio = medians["grpc"] / medians["direct"]
     ratio_no_window = medians["grpc_no_window"] / medians["direct"]
+    ratio_like_for_like = medians["grpc"] / medians["direct_inference_mode"]
     print(f"overhead: gRPC median {medians['grpc']:.1f} ms (pipeline call inside the service "
           f"{pipeline_ms:.0f} ms), direct median {medians['direct']:.1f} ms over {args.runs} runs "
           f"→ {ratio:.3f}x (target ≤ {OVERHEAD_TARGET}x); without the batch window "
-          f"{medians['grpc_no_window']:.1f} ms → {ratio_no_window:.3f}x")
+          f"{medians['grpc_no_window']:.1f} ms → {ratio_no_window:.3f}x; per service process and copy "
+          f"{per_copy}; against a direct call under torch.inference_mode as the service makes it "
+          f"({medians['direct_inference_mode']:.1f} ms) → {ratio_like_for_like:.3f}x")
     return {"grpc_median_ms": round(medians["grpc"], 2), "direct_median_ms": round(medians["direct"], 2),
             "service_pipeline_median_ms": pipeline_ms,
             "grpc_no_batch_window_median_ms": round(medians["grpc_no_window"], 2),
             "ratio_no_batch_window": round(ratio_no_window, 4),
-            "ratio": round(ratio, 4), "runs": args.runs, "target_max": OVERHEAD_TARGET,
+            "direct_inference_mode_median_ms": round(medians["direct_inference_mode"], 2),
+            "ratio_vs_direct_inference_mode": round(ratio_like_for_like, 4),
+            "ratio": round(ratio, 4), "ratio_per_process": per_copy, "runs": args.runs,
+            "target_max": OVERHEAD_TARGET,
             "met": ratio <= OVERHEAD_TARGET}
 
 
@@ -217,24 +243,28 @@ async def burst(stub: generator_pb2_grpc.GeneratorServiceStub, args: argparse.Na
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
-    print(f"loading {args.model or 'the default model'} in-process and starting two services "
+    print(f"loading {args.model or 'the default model'} in-process ({args.processes}x) and starting "
+          f"{args.processes + 1} services "
           f"(device {args.device}) ...", flush=True)
-    pipe, guidance, model_name = await asyncio.to_thread(load_direct, args)
+    pipes, guidance, model_name = await asyncio.to_thread(load_direct, args, args.processes)
     print(f"model {model_name}: {args.width}x{args.height}, {args.steps} steps, guidance {guidance}")
-    async with service(args) as batched, service(args, GENERATOR_MAX_BATCH="1") as unbatched:
-        async with internal_channel(f"127.0.0.1:{batched.port}") as channel_b, \
-                internal_channel(f"127.0.0.1:{unbatched.port}") as channel_u:
-            stub_b = generator_pb2_grpc.GeneratorServiceStub(channel_b)
-            stub_u = generator_pb2_grpc.GeneratorServiceStub(channel_u)
-            overhead = await measure_overhead(args, stub_b, stub_u, pipe, guidance)
-            del pipe
-            await burst(stub_b, args, 0)
-            await burst(stub_u, args, 0)
-            with_batching: list[float] = []
-            without: list[float] = []
-            for round_no in range(1, args.rounds + 1):
-                with_batching.append(await burst(stub_b, args, round_no))
-                without.append(await burst(stub_u, args, round_no))
+    async with contextlib.AsyncExitStack() as stack:
+        services = [await stack.enter_async_context(service(args)) for _ in range(args.processes)]
+        unbatched = await stack.enter_async_context(service(args, GENERATOR_MAX_BATCH="1"))
+        channels = [await stack.enter_async_context(internal_channel(f"127.0.0.1:{item.port}"))
+                    for item in [*services, unbatched]]
+        stubs = [generator_pb2_grpc.GeneratorServiceStub(channel) for channel in channels]
+        stub_b, stub_u = stubs[0], stubs[-1]
+        batched = services[0]
+        overhead = await measure_overhead(args, stubs[:-1], stub_u, pipes, guidance)
+        del pipes
+        await burst(stub_b, args, 0)
+        await burst(stub_u, args, 0)
+        with_batching: list[float] = []
+        without: list[float] = []
+        for round_no in range(1, args.rounds + 1):
+            with_batching.append(await burst(stub_b, args, round_no))
+            without.append(await burst(stub_u, args, round_no))
         batched_ips = statistics.median(with_batching)
         unbatched_ips = statistics.median(without)
         speedup = batched_ips / unbatched_ips
@@ -242,7 +272,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         print(f"batching: {args.concurrency} concurrent requests, {batched_ips:.2f} images/s batched vs "
               f"{unbatched_ips:.2f} unbatched (median of {args.rounds} rounds) → {speedup:.2f}x "
               f"(target ≥ {BATCHING_TARGET}x); batch sizes seen: {sorted(set(sizes))}")
-        rss_mb = max(batched.peak_rss_mb(), unbatched.peak_rss_mb())
+        rss_mb = max(item.peak_rss_mb() for item in [*services, unbatched])
         print(f"peak RSS of the service: {rss_mb:.0f} MB (target ≤ {RSS_TARGET_MB} MB)")
     return {
         "benchmark": "generator", "device": args.device, "model": model_name,
@@ -269,11 +299,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=0, help="default: the model's")
     parser.add_argument("--steps", type=int, default=0, help="default: the model's")
     parser.add_argument("--runs", type=int, default=30, help="overhead runs (median), at least 20")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="service processes (and copies loaded here) the overhead runs rotate over")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="batching rounds per mode (median)")
     args = parser.parse_args(argv)
     if args.runs < 20:
         parser.error("--runs must be at least 20")
+    if not 1 <= args.processes <= args.runs:
+        parser.error("--processes must be between 1 and --runs")
     # The services run from the repo root: make relative paths absolute first.
     args.catalog = str(Path(args.catalog).resolve()) if args.catalog else None
     args.models_dir = str(Path(args.models_dir).resolve()) if args.models_dir else None
