@@ -57,13 +57,19 @@ class Service:
     reader: asyncio.Task[None]
 
     def peak_rss_mb(self) -> float:
-        """The process's peak resident set size (VmHWM on Linux, current RSS elsewhere)."""
-        status = Path(f"/proc/{self.process.pid}/status")
-        if status.exists():
-            match = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-            if match:
-                return int(match[1]) / 1024
-        return float(psutil.Process(self.process.pid).memory_info().rss) / 2**20
+        """Peak resident set size of the service and its device process, summed (VmHWM on Linux)."""
+        main = psutil.Process(self.process.pid)
+        return sum(_peak_rss_mb(item) for item in [main, *main.children(recursive=True)])
+
+
+def _peak_rss_mb(process: psutil.Process) -> float:
+    """One process's peak resident set size (VmHWM on Linux, current RSS elsewhere)."""
+    status = Path(f"/proc/{process.pid}/status")
+    if status.exists():
+        match = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+        if match:
+            return int(match[1]) / 1024
+    return float(process.memory_info().rss) / 2**20
 
 
 @contextlib.asynccontextmanager

@@ -1,24 +1,18 @@
-"""The generator's core: the queue, the device thread, and the models on it.
+"""The generator's core: the queue, the batches, and the device runner that runs them.
 
-One thread per device runs every pipeline call and every model load, one at
-a time; the event loop only queues, batches and delivers. Images are encoded
-to PNG off the device thread, so the next batch starts as soon as the
-pipeline returns.
+One runner per device (a child process by default, or a thread) runs every
+pipeline call and every model load, one at a time; the event loop only
+queues, batches and delivers. Images are encoded to PNG off the device, so
+the next batch starts as soon as the pipeline returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import logging
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
-import torch
 from PIL import Image
 
 from facegen.v1 import common_pb2
@@ -26,15 +20,15 @@ from services.common import logs
 from services.common.errors import Unavailable
 from services.generator.batcher import Batcher
 from services.generator.catalog import Catalog
-from services.generator.device import Device, torch_threads
+from services.generator.device import Device
+from services.generator.device_process import ProcessRunner
+from services.generator.device_thread import DeviceRunner, ThreadRunner
 from services.generator.jobs import Job, done_event, image_event
 from services.generator.params import GenerationParams
-from services.generator.pipelines import PipelineRegistry
-from services.generator.runner import BatchInterrupted, BatchOutput, BatchRecord, encode_png, run_batch, warm_up
+from services.generator.runner import BatchInterrupted, BatchOutput, BatchRecord, encode_png
 from services.generator.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Engine:
@@ -44,10 +38,8 @@ class Engine:
         self.settings = settings
         self.catalog = catalog
         self.device = device
-        self.registry = PipelineRegistry(catalog, device, settings.max_loaded_models,
-                                         settings.max_loaded_loras)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-device",
-                                            initializer=self._init_device_thread)
+        self.runner: DeviceRunner = (ProcessRunner(settings, device) if settings.device_isolation == "process"
+                                     else ThreadRunner(settings, catalog, device))
         self._batcher = Batcher(self._execute, settings.queue_size, settings.batch_window_ms / 1000,
                                 settings.max_batch_images)
         self._worker: asyncio.Task[None] | None = None
@@ -55,11 +47,6 @@ class Engine:
         # The last batches, newest last (for tests, the benchmark and debugging).
         self.history: deque[BatchRecord] = deque(maxlen=256)
         self.ready = False
-
-    def _init_device_thread(self) -> None:
-        threads = torch_threads(self.settings.torch_threads, self.device)
-        if threads is not None:
-            torch.set_num_threads(threads)
 
     async def start(self) -> None:
         """Starts the worker that feeds the device (requests queue from now on)."""
@@ -69,9 +56,9 @@ class Engine:
     async def load_default(self, warmup: bool = True) -> None:
         """Loads the default model and runs one warm-up generation; then the engine is ready."""
         name = self.catalog.default_model
-        model = await self._on_device(self.registry.get, name)
+        await self.runner.load(name)
         if warmup:
-            duration_ms = await self._on_device(warm_up, model)
+            duration_ms = await self.runner.warm_up(name)
             logs.event(log, "model.warm", model=name, warmup_ms=duration_ms)
         self.ready = True
 
@@ -88,14 +75,14 @@ class Engine:
         """The caller left: drop the job from the queue, or stop its denoising loop."""
         if job.closed:
             return
-        job.cancel()
+        self.runner.cancel(job)
         waiting = self._batcher.withdraw(job)
         logs.event(log, "generate.cancelled", where="queue" if waiting else "device",
                    after_step=job.cancelled_after_step)
 
     def list_models(self) -> common_pb2.ListModelsResponse:
         """Every catalog model with its limits, and whether it is in memory."""
-        loaded = self.registry.loaded_names()
+        loaded = self.runner.loaded_names()
         return common_pb2.ListModelsResponse(models=[
             common_pb2.ModelInfo(
                 name=spec.name, family=spec.family, loaded=spec.name in loaded,
@@ -110,7 +97,7 @@ class Engine:
         ])
 
     async def stop(self) -> None:
-        """Fails waiting jobs with UNAVAILABLE and stops the worker and the device thread."""
+        """Fails waiting jobs with UNAVAILABLE and stops the worker and the device runner."""
         for job in self._batcher.drain():
             job.fail(Unavailable("the generator is shutting down; retry"))
         if self._worker is not None:
@@ -120,12 +107,7 @@ class Engine:
             self._worker = None
         if self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _on_device(self, fn: Callable[..., T], *args: object) -> T:
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+        await self.runner.stop()
 
     async def _execute(self, batch: list[Job]) -> None:
         live = [job for job in batch if not job.cancelled.is_set()]
@@ -136,7 +118,7 @@ class Engine:
         with logs.job_context(",".join(ids)):
             logs.event(log, "generate.started", model=live[0].params.model, requests=len(live), images=images)
             try:
-                output = await self._on_device(self._run_on_device, live)
+                output = await self.runner.run(live)
             except BatchInterrupted as stop:
                 cancelled_after = max(job.cancelled_after_step or 0 for job in live)
                 self.history.append(BatchRecord(ids, images, stop.step, "cancelled", cancelled_after))
@@ -153,10 +135,6 @@ class Engine:
         task = asyncio.create_task(self._deliver(live, output))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
-
-    def _run_on_device(self, jobs: list[Job]) -> BatchOutput:
-        model = self.registry.get(jobs[0].params.model)
-        return run_batch(model, jobs, self.device)
 
     async def _deliver(self, jobs: list[Job], output: BatchOutput) -> None:
         for job, images in zip(jobs, output.images, strict=True):

@@ -14,19 +14,43 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
+from facegen.v1 import generator_pb2
 from services.common import logs
 from services.common.errors import FacegenError, ResourceExhausted
 from services.generator.device import Device, is_out_of_memory, release_cached_memory
-from services.generator.jobs import Job, step_event
+from services.generator.jobs import step_event
+from services.generator.params import GenerationParams
 from services.generator.pipelines import LoadedModel
 from services.generator.preview import preview_png, unpack_flux_latents
 
 log = logging.getLogger(__name__)
+
+
+class Flag(Protocol):
+    """Something that says whether it was set (``threading.Event``, or a flag in shared memory)."""
+
+    def is_set(self) -> bool:
+        """True once set."""
+
+
+class BatchMember(Protocol):
+    """What a pipeline call needs of a job: a ``Job``, or its stand-in in the device process."""
+
+    params: GenerationParams
+    # Denoising steps finished, written after every step.
+    progress: int
+
+    @property
+    def cancelled(self) -> Flag:
+        """Set when the caller left; the loop stops once every member's is set."""
+
+    def emit(self, event: generator_pb2.GenerateEvent) -> None:
+        """Sends one event to the member's caller."""
 
 
 class BatchInterrupted(Exception):
@@ -60,7 +84,7 @@ class BatchRecord:
     cancelled_jobs: tuple[str, ...] = ()
 
 
-def run_batch(model: LoadedModel, jobs: Sequence[Job], device: Device) -> BatchOutput:
+def run_batch(model: LoadedModel, jobs: Sequence[BatchMember], device: Device) -> BatchOutput:
     """Runs one pipeline call for ``jobs`` (same batch key); raises BatchInterrupted or ResourceExhausted."""
     params = jobs[0].params
     prompts: list[str] = []

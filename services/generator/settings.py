@@ -13,6 +13,7 @@ DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalog.toml"
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+ISOLATION_CHOICES = ("process", "thread")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Settings:
     # LoRA adapters kept attached to one pipeline (inactive ones cost memory only).
     max_loaded_loras: int
     log_level: str
+    # "process": pipelines run in a child process (no GIL shared with the server); "thread": in this one.
+    device_isolation: str
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -48,6 +51,9 @@ class Settings:
         if device not in DEVICE_CHOICES and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"GENERATOR_DEVICE={device!r} must be auto, cpu, cuda or cuda:N")
         models_dir = Path(env.get_str("GENERATOR_MODELS_DIR", str(DEFAULT_MODELS_DIR))).expanduser()
+        isolation = env.get_str("GENERATOR_DEVICE_ISOLATION", "process").strip().lower()
+        if isolation not in ISOLATION_CHOICES:
+            raise ConfigError(f"GENERATOR_DEVICE_ISOLATION={isolation!r} must be process or thread")
         return cls(
             server=ServerSettings.from_env("GENERATOR", DEFAULT_LISTEN, env),
             catalog_path=Path(env.get_str("GENERATOR_CATALOG", str(DEFAULT_CATALOG))).expanduser(),
@@ -63,4 +69,5 @@ class Settings:
             max_loaded_models=env.get_int("GENERATOR_MAX_LOADED_MODELS", 2, minimum=1, maximum=64),
             max_loaded_loras=env.get_int("GENERATOR_MAX_LOADED_LORAS", 4, minimum=1, maximum=64),
             log_level=env.get_str("GENERATOR_LOG_LEVEL", "INFO").upper(),
+            device_isolation=isolation,
         )

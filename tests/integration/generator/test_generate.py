@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,6 +20,8 @@ from PIL import Image
 from facegen.v1 import common_pb2, generator_pb2
 from services.generator.catalog import load_catalog
 from services.generator.device import Device
+from services.generator.device_process import ProcessRunner
+from services.generator.device_thread import ThreadRunner
 from services.generator.jobs import Job
 from services.generator.params import GenerationParams
 from services.generator.pipelines import PipelineRegistry
@@ -251,11 +255,32 @@ class _OutOfMemoryOnce:
 
 
 async def test_out_of_memory_fails_that_request_only(start_generator: Starter) -> None:
-    async with start_generator() as gen:
-        model = gen.app.engine.registry.get("tiny-sd")  # loaded already: no device work here
+    # The device thread in this process, so that the test can reach the pipeline it calls.
+    async with start_generator(GENERATOR_DEVICE_ISOLATION="thread") as gen:
+        runner = gen.app.engine.runner
+        assert isinstance(runner, ThreadRunner)
+        model = runner.registry.get("tiny-sd")  # loaded already: no device work here
         model.pipe = _OutOfMemoryOnce(model.pipe)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await gen.generate(**SMALL)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "out of device memory" in (error.value.details() or "")
         assert kinds(await gen.generate(**SMALL))[-1] == "done"
+
+
+async def test_a_killed_device_process_fails_its_request_and_is_replaced(start_generator: Starter) -> None:
+    async with start_generator() as gen:
+        runner = gen.app.engine.runner
+        assert isinstance(runner, ProcessRunner) and runner.pid is not None
+        first_pid = runner.pid
+        call = gen.stub.Generate(generator_pb2.GenerateRequest(prompt="doomed", width=128, height=128, steps=50))
+        await next_event(call, "step")
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            async for _ in call:
+                pass
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "device process exited" in (error.value.details() or "")
+        events = await gen.generate(**SMALL, seed=3)
+        assert kinds(events)[-1] == "done"
+        assert runner.pid not in (None, first_pid) and runner.restarts == 1

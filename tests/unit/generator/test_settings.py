@@ -20,6 +20,7 @@ def test_defaults() -> None:
     assert DEFAULT_MODELS_DIR.name == "models" and (DEFAULT_MODELS_DIR.parent / "services").is_dir()
     assert (settings.device, settings.queue_size, settings.max_batch_images) == ("auto", 32, 8)
     assert settings.batch_window_ms == 10 and settings.warmup is True
+    assert settings.device_isolation == "process"
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -27,17 +28,18 @@ def test_overrides(tmp_path: Path) -> None:
         "GENERATOR_LISTEN": "0.0.0.0:9000", "GENERATOR_CATALOG": str(tmp_path / "c.toml"),
         "GENERATOR_MODELS_DIR": str(tmp_path), "GENERATOR_DEVICE": "cuda:1", "GENERATOR_QUEUE_SIZE": "3",
         "GENERATOR_BATCH_WINDOW_MS": "0", "GENERATOR_MAX_BATCH": "1", "GENERATOR_WARMUP": "false",
-        "GENERATOR_TORCH_THREADS": "2",
+        "GENERATOR_TORCH_THREADS": "2", "GENERATOR_DEVICE_ISOLATION": "Thread",
     }))
     assert settings.server.listen == "0.0.0.0:9000"
     assert settings.catalog_path == tmp_path / "c.toml" and settings.models_dir == tmp_path
     assert (settings.device, settings.queue_size, settings.batch_window_ms) == ("cuda:1", 3, 0)
     assert (settings.max_batch_images, settings.warmup, settings.torch_threads) == (1, False, 2)
+    assert settings.device_isolation == "thread"
 
 
 @pytest.mark.parametrize(("name", "value"), [
     ("GENERATOR_DEVICE", "tpu"), ("GENERATOR_QUEUE_SIZE", "0"), ("GENERATOR_MAX_BATCH", "many"),
-    ("GENERATOR_BATCH_WINDOW_MS", "-1"),
+    ("GENERATOR_BATCH_WINDOW_MS", "-1"), ("GENERATOR_DEVICE_ISOLATION", "fiber"),
 ])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
