@@ -67,7 +67,8 @@ class ProcessRunner:
         self._loaded: frozenset[str] = frozenset()
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
-        self.restarts = -1
+        # Children started so far; more than one means a child died and was replaced.
+        self.starts = 0
 
     @property
     def pid(self) -> int | None:
@@ -142,6 +143,8 @@ class ProcessRunner:
 
     def _start(self) -> None:
         """Starts a child and its reader thread (on a worker thread: spawning takes a moment)."""
+        if self._conn is not None:
+            self._conn.close()  # the dead child's end
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(target=child_main, name="generator-device", daemon=True,
                                         args=(self.settings, self.device.name, child_end, self._cancel,
@@ -149,8 +152,8 @@ class ProcessRunner:
         process.start()
         child_end.close()
         self._process, self._conn = process, parent_end
-        self.restarts += 1
-        logs.event(log, "generator.device_process_started", pid=process.pid, restarts=self.restarts)
+        self.starts += 1
+        logs.event(log, "generator.device_process_started", pid=process.pid, starts=self.starts)
         threading.Thread(target=self._read, args=(process, parent_end), name="generator-device-reader",
                          daemon=True).start()
 
@@ -176,14 +179,15 @@ class ProcessRunner:
             else:
                 reply.set_exception(_rebuild_error(message[1], message[2]))
         process.join(_STOP_WAIT_S)
+        if process.exitcode != 0:  # 0: it was asked to stop
+            logs.event(log, "generator.device_process_exited", logging.ERROR, pid=process.pid,
+                       exit_code=process.exitcode)
         reply = self._reply
         # A reply pending now belongs to this child only if no newer child has been started.
         if self._process is process and reply is not None and not reply.done():
-            logs.event(log, "generator.device_process_exited", logging.ERROR, pid=process.pid,
-                       exit_code=process.exitcode)
             reply.set_exception(Unavailable(
                 f"the generator's device process exited (code {process.exitcode}) during this request; "
-                "it is being restarted, retry"))
+                "the next request starts a new one, retry"))
 
 
 def _rebuild_error(name: str, message: str) -> Exception:

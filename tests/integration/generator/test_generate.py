@@ -283,4 +283,4 @@ async def test_a_killed_device_process_fails_its_request_and_is_replaced(start_g
         assert "device process exited" in (error.value.details() or "")
         events = await gen.generate(**SMALL, seed=3)
         assert kinds(events)[-1] == "done"
-        assert runner.pid not in (None, first_pid) and runner.restarts == 1
+        assert runner.pid not in (None, first_pid) and runner.starts == 2
