@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from services.common.server import ServiceServer
 from services.swapper.service import SwapperApp
 from services.swapper.settings import Settings
 from tests.fakes.runpod_fake import FakeRunPod
+from tests.waiting import until
 
 API_KEY = "rpa_TESTKEY0123456789abcdefghijklmn"
 PRIMARY = "ep-primary"
@@ -29,16 +29,6 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 40), color: tuple
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, fmt)
     return out.getvalue()
-
-
-async def until(condition: Callable[[], bool], within_s: float = 5.0, what: str = "condition") -> None:
-    """Polls ``condition`` until true; fails the test after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while True:
-        if condition():
-            return
-        assert time.monotonic() < deadline, f"{what} not reached within {within_s} s"
-        await asyncio.sleep(0.005)
 
 
 @dataclass

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 from services.common import logs
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.remote import finish
+from tests.waiting import until
 
 pytestmark = pytest.mark.unit
-
-
-async def until(condition: Callable[[], bool], within_s: float = 2.0) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        if condition():
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 async def test_pool_runs_in_a_thread_with_the_callers_job_id() -> None:
@@ -43,7 +33,7 @@ async def test_cancelled_await_leaves_a_counted_leftover_that_drain_waits_for() 
     scope = CallScope()
     try:
         task = asyncio.create_task(scope.run(pool, release.wait, 5))
-        await until(lambda: pool.inflight == 1)
+        await until(lambda: pool.inflight == 1, 2.0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -65,7 +55,7 @@ async def test_queued_calls_are_cancelled_by_drain_and_uncounted() -> None:
     try:
         first = asyncio.ensure_future(scope.run(pool, release.wait, 5))
         second = asyncio.ensure_future(scope.run(pool, ran.append, 1))
-        await until(lambda: pool.inflight == 2)
+        await until(lambda: pool.inflight == 2, 2.0)
         drained = asyncio.ensure_future(scope.drain(2))
         await asyncio.sleep(0)  # one loop turn: drain cancels the queued call before its first await
         release.set()

@@ -6,8 +6,6 @@ import asyncio
 import hashlib
 import io
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,17 +26,9 @@ from services.swapper.storage import (
     temp_key,
 )
 from services.swapper.swap import check_image
+from tests.waiting import until
 
 pytestmark = pytest.mark.unit
-
-
-async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        if condition():
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 def storage(**env: str) -> Storage:
