@@ -143,10 +143,9 @@ def load_direct(args: argparse.Namespace, copies: int = 1) -> tuple[list[object]
 
     Returns (pipes, guidance, model).
     """
-    import torch
 
     from services.generator.catalog import load_catalog
-    from services.generator.device import resolve_device, torch_threads
+    from services.generator.device import resolve_device, use_torch_threads
     from services.generator.pipelines import PipelineRegistry, quiet_libraries
     from services.generator.settings import DEFAULT_CATALOG, DEFAULT_MODELS_DIR
 
@@ -154,9 +153,7 @@ def load_direct(args: argparse.Namespace, copies: int = 1) -> tuple[list[object]
     catalog = load_catalog(Path(args.catalog) if args.catalog else DEFAULT_CATALOG,
                            Path(args.models_dir) if args.models_dir else DEFAULT_MODELS_DIR)
     device = resolve_device(args.device)
-    threads = torch_threads(0, device)
-    if threads is not None:
-        torch.set_num_threads(threads)  # what the service uses
+    use_torch_threads(0, device)  # what the service uses
     model_name = args.model or catalog.default_model
     spec = catalog.models[model_name]
     args.width = args.width or spec.default_width

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from facegen.v1 import generator_pb2, generator_pb2_grpc
 from services.common import logs
 from services.common.server import ServiceServer
 from services.generator.catalog import load_catalog
-from services.generator.device import resolve_device, torch_threads
+from services.generator.device import resolve_device, use_torch_threads
 from services.generator.engine import Engine
 from services.generator.pipelines import quiet_libraries
 from services.generator.service import GeneratorServicer
@@ -49,9 +47,7 @@ def build_app(settings: Settings) -> GeneratorApp:
     quiet_libraries()
     catalog = load_catalog(settings.catalog_path, settings.models_dir)
     device = resolve_device(settings.device)
-    threads = torch_threads(settings.torch_threads, device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_torch_threads(settings.torch_threads, device)
     logs.event(log, "generator.configured", device=device.describe(), catalog=settings.catalog_path,
                models=",".join(catalog.models), default=catalog.default_model,
                queue_size=settings.queue_size, batch_window_ms=settings.batch_window_ms,

@@ -58,6 +58,13 @@ def torch_threads(setting: int, device: Device) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def use_torch_threads(setting: int, device: Device) -> None:
+    """Sets torch's intra-op thread count as ``torch_threads`` chooses (leaves torch's default on a GPU)."""
+    threads = torch_threads(setting, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for the device running out of memory (CUDA, or an allocator failure on a CPU)."""
     if isinstance(exc, torch.OutOfMemoryError):

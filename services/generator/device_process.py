@@ -27,14 +27,13 @@ import multiprocessing.connection
 import threading
 from typing import Any
 
-import torch
 from PIL import Image
 
 from facegen.v1 import generator_pb2
 from services.common import errors, logs
 from services.common.errors import FacegenError, Unavailable
 from services.generator.catalog import load_catalog
-from services.generator.device import Device, torch_threads
+from services.generator.device import Device, use_torch_threads
 from services.generator.jobs import Job
 from services.generator.params import GenerationParams
 from services.generator.pipelines import PipelineRegistry, quiet_libraries
@@ -238,9 +237,7 @@ def child_main(settings: Settings, device_name: str, conn: multiprocessing.conne
     logs.configure("generator", settings.log_level)
     quiet_libraries()
     device = Device(device_name)
-    threads = torch_threads(settings.torch_threads, device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_torch_threads(settings.torch_threads, device)
     registry = PipelineRegistry(load_catalog(settings.catalog_path, settings.models_dir), device,
                                 settings.max_loaded_models, settings.max_loaded_loras)
     while True:

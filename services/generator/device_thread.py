@@ -16,10 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
-import torch
-
 from services.generator.catalog import Catalog
-from services.generator.device import Device, torch_threads
+from services.generator.device import Device, use_torch_threads
 from services.generator.jobs import Job
 from services.generator.pipelines import PipelineRegistry
 from services.generator.runner import BatchOutput, run_batch, warm_up
@@ -61,9 +59,7 @@ class ThreadRunner:
                                             initializer=self._init_thread)
 
     def _init_thread(self) -> None:
-        threads = torch_threads(self.settings.torch_threads, self.device)
-        if threads is not None:
-            torch.set_num_threads(threads)
+        use_torch_threads(self.settings.torch_threads, self.device)
 
     async def load(self, name: str) -> None:
         """Loads model ``name`` on the device thread."""
