@@ -28,6 +28,8 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_UNDECODABLE_RESULT: _ClassVar[FallbackReason]
     FALLBACK_REASON_JOB_EXPIRED: _ClassVar[FallbackReason]
     FALLBACK_REASON_PROTOCOL_ERROR: _ClassVar[FallbackReason]
+    FALLBACK_REASON_SWAP_UNCHANGED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE: _ClassVar[FallbackReason]
 FACE_SWAP_METHOD_UNSPECIFIED: FaceSwapMethod
 FACE_SWAP_METHOD_NONE: FaceSwapMethod
 FACE_SWAP_METHOD_EXTERNAL_API: FaceSwapMethod
@@ -44,6 +46,8 @@ FALLBACK_REASON_NO_FACE_FOUND: FallbackReason
 FALLBACK_REASON_UNDECODABLE_RESULT: FallbackReason
 FALLBACK_REASON_JOB_EXPIRED: FallbackReason
 FALLBACK_REASON_PROTOCOL_ERROR: FallbackReason
+FALLBACK_REASON_SWAP_UNCHANGED: FallbackReason
+FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE: FallbackReason
 
 class SwapOptions(_message.Message):
     __slots__ = ("mouth_mask", "use_face_enhancer", "many_faces")

@@ -114,7 +114,7 @@ class CancelResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "stage", "percent", "message", "image_index", "denoise", "remote", "image", "result", "queue_position")
+    __slots__ = ("job_id", "seq", "time", "stage", "percent", "message", "image_index", "denoise", "remote", "image", "result", "queue_position", "resumed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class JobEvent(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -139,7 +140,8 @@ class JobEvent(_message.Message):
     image: ImageResult
     result: JobResult
     queue_position: int
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., percent: _Optional[float] = ..., message: _Optional[str] = ..., image_index: _Optional[int] = ..., denoise: _Optional[_Union[DenoiseProgress, _Mapping]] = ..., remote: _Optional[_Union[_common_pb2.RemoteJobStatus, _Mapping]] = ..., image: _Optional[_Union[ImageResult, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    resumed: bool
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., percent: _Optional[float] = ..., message: _Optional[str] = ..., image_index: _Optional[int] = ..., denoise: _Optional[_Union[DenoiseProgress, _Mapping]] = ..., remote: _Optional[_Union[_common_pb2.RemoteJobStatus, _Mapping]] = ..., image: _Optional[_Union[ImageResult, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., queue_position: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class DenoiseProgress(_message.Message):
     __slots__ = ("step", "total_steps", "preview_png")
@@ -152,7 +154,7 @@ class DenoiseProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_png: _Optional[bytes] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("index", "url", "storage_key", "content_type", "width", "height", "seed", "face_swap_method", "fallback_reason", "fallback_message")
+    __slots__ = ("index", "url", "storage_key", "content_type", "width", "height", "seed", "face_swap_method", "fallback_reason", "fallback_message", "identity_distance")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,7 @@ class ImageResult(_message.Message):
     FACE_SWAP_METHOD_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     index: int
     url: str
     storage_key: str
@@ -173,7 +176,8 @@ class ImageResult(_message.Message):
     face_swap_method: _common_pb2.FaceSwapMethod
     fallback_reason: _common_pb2.FallbackReason
     fallback_message: str
-    def __init__(self, index: _Optional[int] = ..., url: _Optional[str] = ..., storage_key: _Optional[str] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., face_swap_method: _Optional[_Union[_common_pb2.FaceSwapMethod, str]] = ..., fallback_reason: _Optional[_Union[_common_pb2.FallbackReason, str]] = ..., fallback_message: _Optional[str] = ...) -> None: ...
+    identity_distance: float
+    def __init__(self, index: _Optional[int] = ..., url: _Optional[str] = ..., storage_key: _Optional[str] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., face_swap_method: _Optional[_Union[_common_pb2.FaceSwapMethod, str]] = ..., fallback_reason: _Optional[_Union[_common_pb2.FallbackReason, str]] = ..., fallback_message: _Optional[str] = ..., identity_distance: _Optional[float] = ...) -> None: ...
 
 class ImageFailure(_message.Message):
     __slots__ = ("index", "code", "message")

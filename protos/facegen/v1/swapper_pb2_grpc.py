@@ -40,10 +40,20 @@ class SwapperServiceStub:
                 request_serializer=facegen_dot_v1_dot_swapper__pb2.PutReferenceRequest.SerializeToString,
                 response_deserializer=facegen_dot_v1_dot_swapper__pb2.PutReferenceResponse.FromString,
                 _registered_method=True)
+        self.CheckReference = channel.unary_unary(
+                '/facegen.v1.SwapperService/CheckReference',
+                request_serializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.SerializeToString,
+                response_deserializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.FromString,
+                _registered_method=True)
         self.Swap = channel.unary_stream(
                 '/facegen.v1.SwapperService/Swap',
                 request_serializer=facegen_dot_v1_dot_swapper__pb2.SwapRequest.SerializeToString,
                 response_deserializer=facegen_dot_v1_dot_swapper__pb2.SwapEvent.FromString,
+                _registered_method=True)
+        self.CancelSwap = channel.unary_unary(
+                '/facegen.v1.SwapperService/CancelSwap',
+                request_serializer=facegen_dot_v1_dot_swapper__pb2.CancelSwapRequest.SerializeToString,
+                response_deserializer=facegen_dot_v1_dot_swapper__pb2.CancelSwapResponse.FromString,
                 _registered_method=True)
 
 
@@ -59,9 +69,24 @@ class SwapperServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckReference(self, request, context):
+        """Answers NOT_FOUND unless the key names a stored reference face.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Swap(self, request, context):
         """Stores the target image, swaps the reference face into it, stores the
         result. Streams every state change; ends with exactly one SwapResult.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSwap(self, request, context):
+        """Ends a resumable swap that no Swap call follows any more: sends its
+        remote job one /cancel and deletes its temporary objects. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,10 +100,20 @@ def add_SwapperServiceServicer_to_server(servicer, server):
                     request_deserializer=facegen_dot_v1_dot_swapper__pb2.PutReferenceRequest.FromString,
                     response_serializer=facegen_dot_v1_dot_swapper__pb2.PutReferenceResponse.SerializeToString,
             ),
+            'CheckReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckReference,
+                    request_deserializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.FromString,
+                    response_serializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.SerializeToString,
+            ),
             'Swap': grpc.unary_stream_rpc_method_handler(
                     servicer.Swap,
                     request_deserializer=facegen_dot_v1_dot_swapper__pb2.SwapRequest.FromString,
                     response_serializer=facegen_dot_v1_dot_swapper__pb2.SwapEvent.SerializeToString,
+            ),
+            'CancelSwap': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSwap,
+                    request_deserializer=facegen_dot_v1_dot_swapper__pb2.CancelSwapRequest.FromString,
+                    response_serializer=facegen_dot_v1_dot_swapper__pb2.CancelSwapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,6 +155,33 @@ class SwapperService:
             _registered_method=True)
 
     @staticmethod
+    def CheckReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegen.v1.SwapperService/CheckReference',
+            facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.SerializeToString,
+            facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Swap(request,
             target,
             options=(),
@@ -136,6 +198,33 @@ class SwapperService:
             '/facegen.v1.SwapperService/Swap',
             facegen_dot_v1_dot_swapper__pb2.SwapRequest.SerializeToString,
             facegen_dot_v1_dot_swapper__pb2.SwapEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSwap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegen.v1.SwapperService/CancelSwap',
+            facegen_dot_v1_dot_swapper__pb2.CancelSwapRequest.SerializeToString,
+            facegen_dot_v1_dot_swapper__pb2.CancelSwapResponse.FromString,
             options,
             channel_credentials,
             insecure,
