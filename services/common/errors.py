@@ -56,6 +56,12 @@ class Cancelled(FacegenError):
     code = grpc.StatusCode.CANCELLED
 
 
+class AlreadyExists(FacegenError):
+    """The request names something that exists already in another form (an idempotency key reused)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(FacegenError):
     """The request is valid but cannot run in the current state (e.g. a finished job)."""
 
