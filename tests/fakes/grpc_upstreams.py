@@ -232,6 +232,8 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         # Targets stored by PutTarget (key -> bytes), and CancelSwap calls (job id, image index).
         self.targets: dict[str, bytes] = {}
         self.cancel_swap_calls: list[tuple[str, int]] = []
+        # Remote jobs submitted per (job id, image index): a resumable swap called again follows its job.
+        self.remote_jobs: dict[tuple[str, int], str] = {}
         self.active = 0
         # Most Swap calls seen in flight at once.
         self.max_active = 0
@@ -318,9 +320,11 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
                 result.fallback_reason = reason  # type: ignore[assignment]
                 result.fallback_message = message
             if request.reference_key:
-                remote_id = f"rp-{request.job_id[:8]}-{index}"
+                known = self.remote_jobs.get((request.job_id, index)) if request.resumable else None
+                remote_id = known or f"rp-{request.job_id[:8]}-{index}-{len(self.remote_jobs)}"
+                self.remote_jobs[(request.job_id, index)] = remote_id
                 yield swapper_pb2.SwapEvent(submitted=swapper_pb2.SwapSubmitted(
-                    remote_job_id=remote_id, endpoint=FAKE_ENDPOINT))
+                    remote_job_id=remote_id, endpoint=FAKE_ENDPOINT, resumed=known is not None))
                 delay = script.delay_by_index.get(index, script.delay)
                 count = max(1, len(script.statuses))
                 for number, status in enumerate(script.statuses, start=1):
