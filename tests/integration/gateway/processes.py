@@ -30,14 +30,15 @@ class GatewayProcess:
         self.log_path = log_dir / f"{name}.log"
         self.env = {**os.environ, **env, "GATEWAY_LISTEN": self.address, "GATEWAY_INSTANCE": name,
                     "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos")]), "PYTHONUNBUFFERED": "1"}
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
         self.channel: grpc.aio.Channel | None = None
 
     async def start(self, within_s: float = 30.0) -> GatewayProcess:
         """Starts the process and waits until it reports SERVING."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.gateway", cwd=ROOT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.channel = grpc.aio.insecure_channel(self.address, options=message_size_options(MAX_MESSAGE_BYTES))
         try:
             await wait_until_serving(self.channel, within_s)
@@ -51,11 +52,11 @@ class GatewayProcess:
         assert self.channel is not None
         return gateway_pb2_grpc.GatewayServiceStub(self.channel)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """SIGKILL: the process vanishes without any clean-up, as on a node loss."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        await asyncio.wait_for(self.process.wait(), 10)
 
     def terminate(self) -> None:
         """SIGTERM: what a rollout sends."""
@@ -65,19 +66,15 @@ class GatewayProcess:
     async def wait(self, within_s: float) -> int:
         """Waits for the process to exit; its exit code."""
         assert self.process is not None
-        process = self.process
-        async with asyncio.timeout(within_s):
-            while process.poll() is None:
-                await asyncio.sleep(0.05)
-        return int(process.returncode)
+        return await asyncio.wait_for(self.process.wait(), within_s)
 
     async def close(self) -> None:
         """Stops the process if it still runs, and closes the channel."""
         if self.channel is not None:
             await self.channel.close()
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.returncode is None:
             self.process.kill()
-            self.process.wait(10)
+            await asyncio.wait_for(self.process.wait(), 10)
 
     def log(self) -> str:
         """The process's output so far."""

@@ -129,7 +129,7 @@ async def kill_holder_and_resume(replicas: list[GatewayProcess], redis: RedisSer
     survivor = next(replica for replica in replicas if replica is not victim)
     stream = victim.stub.Watch(gateway_pb2.WatchRequest(job_id=job_id))
     seen = await events_until(stream, stop)
-    victim.kill()
+    await victim.kill()
     killed = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as broken:
         await events_until(stream, lambda _event: False)
@@ -249,6 +249,11 @@ async def test_a_redis_restart_mid_job_loses_nothing_and_is_reported_clearly(
 
 async def until_health(health: health_pb2_grpc.HealthStub, status: int, within_s: float = 10.0) -> None:
     """Waits until the gateway reports ``status``."""
-    async with asyncio.timeout(within_s):
-        while (await health.Check(health_pb2.HealthCheckRequest())).status != status:
-            await asyncio.sleep(0.05)
+    updates = health.Watch(health_pb2.HealthCheckRequest())
+    try:
+        async with asyncio.timeout(within_s):
+            async for reply in updates:
+                if reply.status == status:
+                    return
+    finally:
+        updates.cancel()
