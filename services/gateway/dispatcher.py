@@ -88,17 +88,29 @@ class Dispatcher:
             self._tasks.pop(lease.job_id, None)
             self._to_release.discard(lease.job_id)
 
+    async def claim_now(self) -> None:
+        """Claims one job at once if this gateway has a free slot (a job just submitted here, usually).
+
+        Its Watch and Run streams on this gateway then need no subscription to follow it.
+        """
+        if self._claiming and len(self._runs) < self._max_running:
+            await self._claim_one()
+
+    async def _claim_one(self) -> bool:
+        lease = await self._store.claim(self._owner)
+        if lease is None:
+            return False
+        if lease.resumed:
+            logs.event(log, "job.claimed_orphan", job=lease.job_id, previous=lease.previous_owner)
+        self.adopt(lease)
+        return True
+
     async def _claim_loop(self) -> None:
         failures = 0
         while self._claiming:
             try:
-                while self._claiming and len(self._runs) < self._max_running:
-                    lease = await self._store.claim(self._owner)
-                    if lease is None:
-                        break
-                    if lease.resumed:
-                        logs.event(log, "job.claimed_orphan", job=lease.job_id, previous=lease.previous_owner)
-                    self.adopt(lease)
+                while self._claiming and len(self._runs) < self._max_running and await self._claim_one():
+                    pass
                 failures = 0
             except StoreUnavailable as exc:
                 failures += 1

@@ -10,6 +10,7 @@ any gateway can run or resume the job from what the store holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -100,11 +101,12 @@ class JobManager:
                 if existing is not None:
                     return _same_request(key, digest, *existing), False
             spec = await self._validator.validate(request)
-            if not await self.store.has_room():
+            place = await self.store.place_for_new_job()
+            if place is None:
                 raise ResourceExhausted("facegen is at capacity; retry later")
             job_id = uuid.uuid4().hex
             images = await self._make_durable(job_id, spec)
-            first = await self._first_event(job_id)
+            first = _first_event(job_id, place)
             created = await self.store.create(NewJob(job_id, spec, first, key, digest, images))
         except StoreUnavailable as exc:
             logs.event(log, "job.store_unavailable", logging.WARNING, error=exc)
@@ -115,6 +117,10 @@ class JobManager:
             return _same_request(key, digest, *(existing or (created.job_id, digest))), False
         with logs.job_context(job_id):
             logs.event(log, "job.submitted", **spec.summary)
+        if self._shared:
+            # Stored and queued already: if this claim fails, a claim loop takes the job later.
+            with contextlib.suppress(StoreUnavailable):
+                await self.dispatcher.claim_now()
         return job_id, True
 
     async def _make_durable(self, job_id: str, spec: JobSpec) -> dict[int, ImageCheckpoint]:
@@ -134,14 +140,6 @@ class JobManager:
         key = await self._upstreams.put_target(job_id, 0, spec.target_image)
         spec.target_image = None
         return {0: ImageCheckpoint(stored_key=key)}
-
-    async def _first_event(self, job_id: str) -> gateway_pb2.JobEvent:
-        ahead = await self.store.queue_length()
-        message = f"waiting for a free slot ({ahead} jobs ahead)" if ahead >= 0 else "accepted"
-        event = gateway_pb2.JobEvent(job_id=job_id, seq=1, stage=gateway_pb2.STAGE_QUEUED,
-                                     message=message, image_index=-1, queue_position=max(0, ahead))
-        event.time.GetCurrentTime()
-        return event
 
     async def cancel(self, job_id: str, reason: str) -> gateway_pb2.JobState:
         """Cancels a job wherever it runs and waits (briefly) for its terminal event; returns its state."""
@@ -255,6 +253,14 @@ class JobManager:
     def job_store_healthy(self) -> bool:
         """False while the store cannot be reached."""
         return self.store.healthy
+
+
+def _first_event(job_id: str, ahead: int) -> gateway_pb2.JobEvent:
+    message = f"waiting for a free slot ({ahead} jobs ahead)" if ahead >= 0 else "accepted"
+    event = gateway_pb2.JobEvent(job_id=job_id, seq=1, stage=gateway_pb2.STAGE_QUEUED,
+                                 message=message, image_index=-1, queue_position=max(0, ahead))
+    event.time.GetCurrentTime()
+    return event
 
 
 def _same_request(key: str, digest: str, job_id: str, existing_digest: str) -> str:

@@ -110,10 +110,9 @@ class InMemoryJobStore(JobStore):
         job_id = self._by_key.get(idempotency_key) if idempotency_key else None
         return None if job_id is None else (job_id, self._entries[job_id].fingerprint)
 
-    async def has_room(self) -> bool:
-        return self._active < self._limits.max_admitted
-
-    async def queue_length(self) -> int:
+    async def place_for_new_job(self) -> int | None:
+        if self._active >= self._limits.max_admitted:
+            return None
         return self._limits.queue_ahead(len(self._leased), len(self._pending))
 
     async def create(self, job: NewJob) -> Created:

@@ -1,12 +1,18 @@
-"""One Redis pub/sub connection per gateway, fanned out to the Watch streams it serves.
+"""Live job events for the Watch streams a gateway serves: from its own writes, or from Redis pub/sub.
 
 Each event is stored in its job's Stream and published on the job's channel
 in one script, so a watcher that subscribes first and then reads the Stream
-misses nothing. This connection is subscribed to the channels of the jobs
-watched here (counted, unsubscribed when the last watcher leaves) and to the
-gateway-wide cancel and wake channels. Pub/sub may drop messages when the
-connection breaks: after a reconnection every watcher is told to re-read its
-job's Stream from where it is (``RESYNC``), and the claim loop is woken.
+misses nothing. Watchers of a job that this gateway runs get each event from
+the gateway's own writer as soon as Redis has stored it, without a round trip
+through pub/sub; watchers of a job run elsewhere get it from a subscription
+to the job's channel (counted, dropped when the last watcher leaves). When a
+job moves (claimed here, or handed over or lost), its watchers switch source
+and re-read the Stream, and seq numbers make any overlap harmless.
+
+The one pub/sub connection also carries the gateway-wide cancel and wake
+channels. Pub/sub may drop messages when the connection breaks: after a
+reconnection every remote watcher is told to re-read its job's Stream from
+where it is (``RESYNC``), and the claim loop is woken.
 """
 
 from __future__ import annotations
@@ -32,13 +38,31 @@ INBOX_LIMIT = 256
 SUBSCRIBE_TIMEOUT_SECONDS = 2.0
 
 
+class _Watchers:
+    """The watchers of one job on this gateway, and where their events come from."""
+
+    def __init__(self, local: bool) -> None:
+        self.inboxes: set[asyncio.Queue[bytes]] = set()
+        self.local = local
+        self.subscribed = False
+
+    def put(self, data: bytes) -> None:
+        for inbox in self.inboxes:
+            if inbox.qsize() >= INBOX_LIMIT:
+                while not inbox.empty():
+                    inbox.get_nowait()
+                inbox.put_nowait(RESYNC)
+            else:
+                inbox.put_nowait(data)
+
+
 class LiveEvents:
-    """The pub/sub side of the Redis job store."""
+    """The live side of the Redis job store."""
 
     def __init__(self, client: aioredis.Redis, system_channels: dict[str, Callable[[bytes], None]]) -> None:
         self._pubsub = client.pubsub()
         self._system = {name.encode(): handler for name, handler in system_channels.items()}
-        self._inboxes: dict[bytes, set[asyncio.Queue[bytes]]] = {}
+        self._jobs: dict[bytes, _Watchers] = {}
         self._confirmed: dict[bytes, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
@@ -57,34 +81,75 @@ class LiveEvents:
             await self._pubsub.aclose()
 
     @contextlib.asynccontextmanager
-    async def listen(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """An inbox of the messages published on ``channel`` from now on (subscription confirmed)."""
+    async def listen(self, channel: str, local: bool) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """An inbox of the job's events from now on; ``local``: this gateway runs the job."""
         name = channel.encode()
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         async with self._lock:
-            listeners = self._inboxes.setdefault(name, set())
-            listeners.add(inbox)
-            if len(listeners) == 1:
-                self._confirmed[name] = confirmed = asyncio.Event()
-                try:
-                    await self._pubsub.subscribe(name)
-                    async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
-                        await confirmed.wait()
-                except (*REDIS_DOWN, TimeoutError) as exc:
-                    self._inboxes.pop(name, None)
-                    raise StoreUnavailable(f"cannot subscribe to job events: {exc}") from None
-            else:
-                await self._confirmed[name].wait()
+            watchers = self._jobs.get(name)
+            if watchers is None:
+                watchers = self._jobs[name] = _Watchers(local)
+                if not local:
+                    try:
+                        await self._subscribe(name, watchers)
+                    except StoreUnavailable:
+                        del self._jobs[name]
+                        raise
+            watchers.inboxes.add(inbox)
         try:
             yield inbox
         finally:
             async with self._lock:
-                listeners.discard(inbox)
-                if not listeners and self._inboxes.get(name) is listeners:
-                    del self._inboxes[name]
-                    self._confirmed.pop(name, None)
-                    with contextlib.suppress(*REDIS_DOWN):
-                        await self._pubsub.unsubscribe(name)
+                watchers.inboxes.discard(inbox)
+                if not watchers.inboxes and self._jobs.get(name) is watchers:
+                    del self._jobs[name]
+                    if watchers.subscribed:
+                        await self._unsubscribe(name, watchers)
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """An event of a job run here, just stored, for its watchers on this gateway."""
+        watchers = self._jobs.get(channel.encode())
+        if watchers is not None and watchers.local:
+            watchers.put(data)
+
+    async def run_here(self, channel: str) -> None:
+        """The job is now run by this gateway: its watchers get its events from ``deliver``."""
+        async with self._lock:
+            watchers = self._jobs.get(channel.encode())
+            if watchers is None or watchers.local:
+                return
+            watchers.local = True
+            if watchers.subscribed:
+                await self._unsubscribe(channel.encode(), watchers)
+
+    async def run_elsewhere(self, channel: str) -> None:
+        """The job left this gateway: its watchers follow it through Redis from where they are."""
+        async with self._lock:
+            name = channel.encode()
+            watchers = self._jobs.get(name)
+            if watchers is None or not watchers.local:
+                return
+            watchers.local = False
+            with contextlib.suppress(StoreUnavailable):
+                await self._subscribe(name, watchers)
+            watchers.put(RESYNC)
+
+    async def _subscribe(self, name: bytes, watchers: _Watchers) -> None:
+        self._confirmed[name] = confirmed = asyncio.Event()
+        try:
+            await self._pubsub.subscribe(name)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
+                await confirmed.wait()
+        except (*REDIS_DOWN, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot subscribe to job events: {exc}") from None
+        finally:
+            self._confirmed.pop(name, None)
+        watchers.subscribed = True
+
+    async def _unsubscribe(self, name: bytes, watchers: _Watchers) -> None:
+        watchers.subscribed = False
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._pubsub.unsubscribe(name)
 
     async def _read(self) -> None:
         failures = 0
@@ -122,21 +187,14 @@ class LiveEvents:
         if handler is not None:
             handler(data)
             return
-        for inbox in self._inboxes.get(channel, ()):
-            if inbox.qsize() >= INBOX_LIMIT:
-                _replace_with_resync(inbox)
-            else:
-                inbox.put_nowait(data)
+        watchers = self._jobs.get(channel)
+        # A job run here is delivered by its writer; a late message from before it moved is not needed.
+        if watchers is not None and not watchers.local:
+            watchers.put(data)
 
     def _resync_all(self) -> None:
-        for listeners in self._inboxes.values():
-            for inbox in listeners:
-                inbox.put_nowait(RESYNC)
+        for watchers in self._jobs.values():
+            if not watchers.local:
+                watchers.put(RESYNC)
         for handler in self._system.values():
             handler(RESYNC)
-
-
-def _replace_with_resync(inbox: asyncio.Queue[bytes]) -> None:
-    while not inbox.empty():
-        inbox.get_nowait()
-    inbox.put_nowait(RESYNC)

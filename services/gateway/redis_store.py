@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from facegen.v1 import gateway_pb2
 from services.common import logs
@@ -64,6 +65,8 @@ HEALTH_POLL_SECONDS = 0.5
 WATCH_CHECK_SECONDS = 5.0
 # Writes of one job sent in one round trip.
 FLUSH_BATCH = 32
+# Positions in the APPEND script's arguments.
+STORED_EVENT, LIVE_EVENT, LIVE_CHANNEL = 3, 4, 11
 
 
 class _Outbox:
@@ -164,15 +167,14 @@ class RedisJobStore(JobStore):
                 return None
         return job_id, digest
 
-    async def has_room(self) -> bool:
-        async with _reaching_redis():
-            return int(await self._redis.zcard(self._keys.active)) < self._limits.max_admitted
-
-    async def queue_length(self) -> int:
+    async def place_for_new_job(self) -> int | None:
         async with _reaching_redis(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._keys.active)
             pipe.zcard(self._keys.leases)
             pipe.llen(self._keys.pending)
-            running, waiting = await pipe.execute()
+            admitted, running, waiting = await pipe.execute()
+        if int(admitted) >= self._limits.max_admitted:
+            return None
         return self._limits.queue_ahead(int(running), int(waiting))
 
     async def create(self, job: NewJob) -> Created:
@@ -248,7 +250,9 @@ class RedisJobStore(JobStore):
         flat = answer[2]
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         lease = lease_from_fields(job_id, owner, (answer[1] or b"").decode(), fields)
-        self._outboxes[job_id] = _Outbox(self._max_events)
+        box = self._outboxes[job_id] = _Outbox(self._max_events)
+        box.flusher = asyncio.create_task(self._flush(lease, box), name=f"flush-{job_id}")
+        await self._live.run_here(self._keys.live(job_id))
         return lease
 
     async def _forget(self, job_id: str) -> None:
@@ -262,16 +266,15 @@ class RedisJobStore(JobStore):
 
     async def renew(self, leases: Sequence[Lease]) -> dict[str, str | None]:
         changes: dict[str, str | None] = {}
+        calls = [(self._scripts.renew, [self._keys.job(lease.job_id)], [lease.owner, lease.epoch, self._lease_ms])
+                 for lease in leases]
         async with _reaching_redis():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for lease in leases:
-                    await self._scripts.renew(keys=[self._keys.job(lease.job_id)],
-                                              args=[lease.owner, lease.epoch, self._lease_ms], client=pipe)
-                answers = await pipe.execute()
+            answers = await self._run_scripts(calls)
             expiries: dict[str, int] = {}
             for lease, answer in zip(leases, answers, strict=True):
-                if int(answer[0]) == 0:
+                if isinstance(answer, ResponseError) or int(answer[0]) == 0:
                     changes[lease.job_id] = None
+                    await self._lost(lease.job_id)
                     continue
                 expiries[lease.job_id] = int(answer[0])
                 if answer[1]:
@@ -279,6 +282,27 @@ class RedisJobStore(JobStore):
             if expiries:
                 await self._redis.zadd(self._keys.leases, expiries, xx=True)
         return changes
+
+    async def _run_scripts(self, calls: Sequence[tuple[AsyncScript, list[Any], list[Any]]]) -> list[Any]:
+        """Runs scripts in one round trip; each answer is its result or its ResponseError."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            try:
+                return [await script(keys=keys, args=args)]
+            except ResponseError as exc:
+                return [exc]
+        for _attempt in range(2):
+            # EVALSHA directly: a pipeline of Script objects asks SCRIPT EXISTS on every execute.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(answer, NoScriptError) for answer in answers):
+                return answers
+            # Redis restarted: scripts are not kept across restarts.
+            for script in {id(script): script for script, _keys, _args in calls}.values():
+                await self._redis.script_load(script.script)
+        return answers
 
     async def append(self, lease: Lease, event: gateway_pb2.JobEvent, state: gateway_pb2.JobState,
                      checkpoints: dict[int, ImageCheckpoint] | None = None) -> None:
@@ -291,12 +315,8 @@ class RedisJobStore(JobStore):
                 raise LeaseLost(f"job {lease.job_id} is held by another gateway")
         lease.last_seq += 1
         event.seq = lease.last_seq
-        keys, args = self._append_call(lease, event, state, checkpoints or {})
-        box.items.append((keys, args))
-        if box.flusher is None or box.flusher.done():
-            box.flusher = asyncio.create_task(self._flush(lease, box), name=f"flush-{lease.job_id}")
-        else:
-            box.notify()
+        box.items.append(self._append_call(lease, event, state, checkpoints or {}))
+        box.notify()
 
     def _append_call(self, lease: Lease, event: gateway_pb2.JobEvent, state: gateway_pb2.JobState,
                      checkpoints: dict[int, ImageCheckpoint]) -> tuple[list[Any], list[Any]]:
@@ -321,15 +341,15 @@ class RedisJobStore(JobStore):
                  keys.live(lease.job_id), *(item for pair in pairs.items() for item in pair)])
 
     async def _flush(self, lease: Lease, box: _Outbox) -> None:
-        """Writes the outbox in order until it is empty, retrying while Redis is unreachable."""
+        """Writes the outbox in order for as long as the lease is held, retrying while Redis is unreachable."""
         failures = 0
-        while box.items:
-            batch = [box.items[index] for index in range(min(FLUSH_BATCH, len(box.items)))]
+        while not box.lost:
+            if not box.items:
+                await box.changed.wait()
+                continue
+            batch = [(self._scripts.append, *box.items[index]) for index in range(min(FLUSH_BATCH, len(box.items)))]
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for keys, args in batch:
-                        await self._scripts.append(keys=keys, args=args, client=pipe)
-                    answers = await pipe.execute(raise_on_error=False)
+                answers = await self._run_scripts(batch)
             except REDIS_DOWN as exc:
                 failures += 1
                 if failures == 1:
@@ -345,8 +365,10 @@ class RedisJobStore(JobStore):
                     logs.event(log, "store.lease_lost", logging.WARNING, job=lease.job_id, error=answer)
                     box.lost = True
                     box.items.clear()
+                    await self._live.run_elsewhere(self._keys.live(lease.job_id))
                     break
-                box.items.popleft()
+                _keys, args = box.items.popleft()
+                self._live.deliver(args[LIVE_CHANNEL], args[LIVE_EVENT] or args[STORED_EVENT])
             box.notify()
 
     async def flushed(self, lease: Lease, within: float | None = None) -> bool:
@@ -362,11 +384,16 @@ class RedisJobStore(JobStore):
         return not box.lost
 
     async def release(self, lease: Lease) -> None:
-        self._drop_outbox(lease.job_id)
+        await self._lost(lease.job_id)
         keys = self._keys
         async with _reaching_redis():
             if await self._scripts.release(keys=[keys.job(lease.job_id)], args=[lease.owner, lease.epoch]):
                 await self._scripts.requeue(keys=[keys.leases, keys.pending], args=[lease.job_id, keys.wake])
+
+    async def _lost(self, job_id: str) -> None:
+        """This gateway no longer runs the job: its watchers here follow it through Redis."""
+        self._drop_outbox(job_id)
+        await self._live.run_elsewhere(self._keys.live(job_id))
 
     async def finish(self, lease: Lease) -> None:
         self._drop_outbox(lease.job_id)
@@ -390,7 +417,7 @@ class RedisJobStore(JobStore):
     async def watch(self, job_id: str, after_seq: int) -> AsyncGenerator[gateway_pb2.JobEvent]:
         if await self.get(job_id) is None:
             raise NotFound(f"job {job_id!r} not found (ended jobs are kept for {self._ttl} s)")
-        async with self._live.listen(self._keys.live(job_id)) as inbox:
+        async with self._live.listen(self._keys.live(job_id), local=job_id in self._outboxes) as inbox:
             last = after_seq
             for event in await self._events_after(job_id, last):
                 yield event
@@ -398,10 +425,7 @@ class RedisJobStore(JobStore):
                 if event.stage == gateway_pb2.STAGE_TERMINAL:
                     return
             while True:
-                try:
-                    data = await asyncio.wait_for(inbox.get(), WATCH_CHECK_SECONDS)
-                except TimeoutError:
-                    data = RESYNC
+                data = await _next(inbox)
                 if data == RESYNC:
                     missed = await self._events_after(job_id, last)
                 else:
@@ -434,6 +458,17 @@ class RedisJobStore(JobStore):
             if await self._scripts.claim_queued(keys=[keys.pending, keys.leases], args=[job_id, self._lease_ms]):
                 return await self._take(job_id, owner)
         return None
+
+
+async def _next(inbox: asyncio.Queue[bytes]) -> bytes:
+    """The next live message, or RESYNC when none came for a while (then the Stream is read)."""
+    if not inbox.empty():
+        return inbox.get_nowait()
+    try:
+        async with asyncio.timeout(WATCH_CHECK_SECONDS):
+            return await inbox.get()
+    except TimeoutError:
+        return RESYNC
 
 
 @contextlib.asynccontextmanager

@@ -135,12 +135,9 @@ class JobStore(abc.ABC):
         """(job id, request fingerprint) of the kept job created with ``idempotency_key``."""
 
     @abc.abstractmethod
-    async def has_room(self) -> bool:
-        """Whether a job could be admitted now (a hint: ``create`` decides)."""
-
-    @abc.abstractmethod
-    async def queue_length(self) -> int:
-        """Jobs admitted and not yet claimed, beyond the free running slots (a hint, for the first event)."""
+    async def place_for_new_job(self) -> int | None:
+        """Where a job admitted now would stand: -1 (it runs at once), N (jobs ahead of it), or None
+        when no job can be admitted now. A hint for the first event; ``create`` decides."""
 
     @abc.abstractmethod
     async def create(self, job: NewJob) -> Created:

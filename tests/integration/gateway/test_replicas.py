@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from facegen.v1 import gateway_pb2
 from services.common.redis import RedisSettings
 from tests.fakes.grpc_upstreams import FakeUpstreams
+from tests.gateway_process import GatewayProcess
 from tests.integration.gateway.conftest import GatewayFactory
-from tests.integration.gateway.processes import GatewayProcess
 from tests.integration.gateway.support import check_stream, collect, job_request
 from tests.redis_server import RedisServer
 

@@ -186,14 +186,14 @@ async def test_admission_holds_running_and_queued_limits_for_every_gateway_toget
     await second.create(waiting)
     with pytest.raises(ResourceExhausted, match="at capacity"):
         await first.create(new_job())
-    assert not await second.has_room()
+    assert await second.place_for_new_job() is None
     lease = await claim(first, "gw-a")
     assert lease.job_id == running.job_id
     assert await second.claim("gw-b") is None, "the one running slot is taken"
-    assert await first.queue_length() == 1
+    assert await first.place_for_new_job() is None
     await run_to_end(first, lease)
     assert (await claim(second, "gw-b")).job_id == waiting.job_id
-    assert await first.has_room()
+    assert await first.place_for_new_job() == 0, "room again: next in line behind the running job"
 
 
 async def test_a_queued_job_cancelled_is_handed_to_the_canceller_who_ends_it(make_store: StoreFactory) -> None:

@@ -17,7 +17,7 @@ from services.common.health import wait_until_serving
 from services.common.server import message_size_options
 from tests.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class GatewayProcess:
@@ -51,6 +51,12 @@ class GatewayProcess:
         """A stub on this gateway."""
         assert self.channel is not None
         return gateway_pb2_grpc.GatewayServiceStub(self.channel)
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self.process is not None
+        return int(self.process.pid)
 
     async def kill(self) -> None:
         """SIGKILL: the process vanishes without any clean-up, as on a node loss."""
