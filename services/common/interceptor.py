@@ -1,10 +1,19 @@
-"""Server interceptor that applies the status-code table to every handler."""
+"""Server interceptor that applies the status-code table to every handler.
+
+It also refuses requests whose bytes are not a valid message: gRPC would
+otherwise raise the parse error inside its own code (UNKNOWN, with an ERROR
+traceback per request) before any handler or auth check runs. The request
+deserializer is wrapped to return a ``MalformedRequest`` marker instead of
+raising, and the handler wrapper answers it with INVALID_ARGUMENT and one
+WARNING line.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -28,9 +37,52 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
     await context.abort(code, message)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for request bytes that did not parse as the method's message."""
+
+    message: str
+    size: int
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message = getattr(descriptor, "full_name", "request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever a custom deserializer raises
+            return MalformedRequest(message, len(data), type(exc).__name__)
+
+    return deserialize
+
+
+async def _refuse(context: grpc.aio.ServicerContext, request: MalformedRequest, method: str) -> None:
+    logs.event(log, "rpc.malformed_request", logging.WARNING, method=method, message=request.message,
+               bytes=request.size, error=request.error)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request is not a valid {request.message} message")
+
+
+async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                   method: str) -> AsyncIterator[Any]:
+    """The request stream of a client-streaming call, ending the call at a malformed message."""
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            await _refuse(context, request, method)
+        yield request
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, streamed: bool) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if streamed:
+                request = _checked(request, context, method)
+            elif isinstance(request, MalformedRequest):
+                await _refuse(context, request, method)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -40,10 +92,14 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_stream(behavior: Callable[..., Any], method: str, streamed: bool) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
+                if streamed:
+                    request = _checked(request, context, method)
+                elif isinstance(request, MalformedRequest):
+                    await _refuse(context, request, method)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
@@ -52,7 +108,7 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
                 await abort_with(context, exc, method)
 
         return generator
-    return _wrap_unary(behavior, method)
+    return _wrap_unary(behavior, method, streamed)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -67,12 +123,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        if handler.request_deserializer is not None:
+            handler = handler._replace(  # type: ignore[attr-defined]
+                request_deserializer=_tolerant(handler.request_deserializer))
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[attr-defined]
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method, False))  # type: ignore[attr-defined]
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))  # type: ignore[attr-defined]
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method, False))  # type: ignore[attr-defined]
         if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))  # type: ignore[attr-defined]
+            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method, True))  # type: ignore[attr-defined]
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))  # type: ignore[attr-defined]
+            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method, True))  # type: ignore[attr-defined]
         return handler
