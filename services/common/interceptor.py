@@ -123,15 +123,16 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.request_deserializer is not None:
-            handler = handler._replace(  # type: ignore[attr-defined]
-                request_deserializer=_tolerant(handler.request_deserializer))
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method, False))  # type: ignore[attr-defined]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method, False))  # type: ignore[attr-defined]
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method, True))  # type: ignore[attr-defined]
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method, True))  # type: ignore[attr-defined]
+        # A namedtuple at runtime; the stubs do not say so.
+        wrapped: Any = handler
+        if wrapped.request_deserializer is not None:
+            wrapped = wrapped._replace(request_deserializer=_tolerant(wrapped.request_deserializer))
+        if wrapped.unary_unary is not None:
+            return wrapped._replace(unary_unary=_wrap_unary(wrapped.unary_unary, method, False))
+        if wrapped.unary_stream is not None:
+            return wrapped._replace(unary_stream=_wrap_stream(wrapped.unary_stream, method, False))
+        if wrapped.stream_unary is not None:
+            return wrapped._replace(stream_unary=_wrap_unary(wrapped.stream_unary, method, True))
+        if wrapped.stream_stream is not None:
+            return wrapped._replace(stream_stream=_wrap_stream(wrapped.stream_stream, method, True))
         return handler

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -121,8 +122,10 @@ async def _send(channel: grpc.aio.Channel, method: MethodDescriptor, payload: by
 @pytest.mark.parametrize("name", sorted(SERVICES))
 async def test_malformed_request_bytes_get_invalid_argument_and_one_warning(
         name: str, caplog: pytest.LogCaptureFixture) -> None:
-    calls = [call for service in (SERVICES[name], *SHARED) for call in _calls(service)]
     async with STARTERS[name]() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # Derived from v1alpha when the first server starts (grpcio-reflection has no v1 module).
+        reflection_v1 = descriptor_pool.Default().FindServiceByName("grpc.reflection.v1.ServerReflection")
+        calls = [call for service in (SERVICES[name], *SHARED, reflection_v1) for call in _calls(service)]
         for method, kind, payload in calls:
             caplog.clear()
             with caplog.at_level(logging.INFO):
@@ -138,3 +141,33 @@ async def test_malformed_request_bytes_get_invalid_argument_and_one_warning(
             assert warning.levelno == logging.WARNING and warning.exc_info is None, what
             assert "event=rpc.malformed_request" in warning.getMessage(), what
             assert method.name in warning.getMessage(), what
+
+
+async def _reflect(channel: grpc.aio.Channel, version: str,
+                   request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    """One reflection exchange on ``grpc.reflection.<version>``. The v1 protocol has the same
+    messages as v1alpha, field for field, so v1alpha's classes encode a v1 client's bytes."""
+    call = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)(iter([request]), timeout=10)
+    responses = [response async for response in call]
+    assert len(responses) == 1
+    return responses[0]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_v1_and_v1alpha_list_and_describe_the_services(name: str, version: str) -> None:
+    async with STARTERS[name]() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        listed = await _reflect(channel, version, reflection_pb2.ServerReflectionRequest(list_services=""))
+        names = {service.name for service in listed.list_services_response.service}
+        assert names == {SERVICES[name].full_name, "grpc.health.v1.Health",
+                         "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+        for symbol in (SERVICES[name].full_name, "grpc.reflection.v1.ServerReflection"):
+            described = await _reflect(channel, version,
+                                       reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+            files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                     for raw in described.file_descriptor_response.file_descriptor_proto]
+            package, _, service = symbol.rpartition(".")
+            assert any(f.package == package and service in {s.name for s in f.service} for f in files), symbol
