@@ -10,6 +10,7 @@ WARNING line.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,22 +94,34 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, streamed: 
 
 
 def _wrap_stream(behavior: Callable[..., Any], method: str, streamed: bool) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(behavior):
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                if streamed:
-                    request = _checked(request, context, method)
-                elif isinstance(request, MalformedRequest):
-                    await _refuse(context, request, method)
-                async for item in behavior(request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await abort_with(context, exc, method)
+    """A response-streaming handler; an async generator becomes a writer coroutine.
 
-        return generator
-    return _wrap_unary(behavior, method, streamed)
+    gRPC drives an async generator handler itself and, when the call is
+    cancelled while a message is being sent, leaves the generator suspended
+    at its ``yield``. The garbage collector closes it later, in a new task and
+    context, where its ``finally`` blocks run late and ``logs.job_context``
+    cannot reset its token ("created in a different Context"). Here the
+    generator is driven and closed (``aclosing``) inside the handler's own
+    task, also on cancellation.
+    """
+    if not inspect.isasyncgenfunction(behavior):
+        return _wrap_unary(behavior, method, streamed)
+
+    async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            if streamed:
+                request = _checked(request, context, method)
+            elif isinstance(request, MalformedRequest):
+                await _refuse(context, request, method)
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    await context.write(response)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc, method)
+
+    return writer
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):

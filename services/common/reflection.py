@@ -11,6 +11,7 @@ through their bytes, which are the same in both versions.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -66,8 +67,9 @@ def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> 
             yield reflection_pb2.ServerReflectionRequest.FromString(request.SerializeToString())
 
     async def info(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for response in servicer.ServerReflectionInfo(as_v1alpha(requests), context):
-            yield v1_response.FromString(response.SerializeToString())
+        async with contextlib.aclosing(servicer.ServerReflectionInfo(as_v1alpha(requests), context)) as answers:
+            async for response in answers:
+                yield v1_response.FromString(response.SerializeToString())
 
     handler = grpc.stream_stream_rpc_method_handler(
         info, request_deserializer=v1_request.FromString, response_serializer=v1_response.SerializeToString)
