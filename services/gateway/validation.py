@@ -120,13 +120,8 @@ def _check_generation(request: gateway_pb2.JobRequest) -> generator_pb2.Generate
     if not 0 <= request.preview_every <= MAX_PREVIEW_EVERY:
         raise _range_error("preview_every", f"0..{MAX_PREVIEW_EVERY} (0 = no previews)",
                            request.preview_every)
-    if request.HasField("lora") and request.lora.name:
-        if len(request.lora.name) > MAX_NAME_CHARS:
-            raise _range_error("lora.name", f"at most {MAX_NAME_CHARS} characters",
-                               f"{len(request.lora.name)} characters")
-        weight = request.lora.weight
-        if not math.isfinite(weight) or not 0.0 <= weight <= MAX_LORA_WEIGHT:
-            raise _range_error("lora.weight", f"0..{MAX_LORA_WEIGHT:g}", weight)
+    if request.HasField("lora"):
+        _check_lora(request.lora)
     generate = generator_pb2.GenerateRequest(
         model=request.model,
         prompt=prompt,
@@ -141,9 +136,21 @@ def _check_generation(request: gateway_pb2.JobRequest) -> generator_pb2.Generate
         generate.guidance_scale = request.guidance_scale
     if request.HasField("seed"):
         generate.seed = request.seed
-    if request.HasField("lora") and request.lora.name:
+    if request.HasField("lora") and request.lora.name.strip():
         generate.lora.CopyFrom(request.lora)
     return generate
+
+
+def _check_lora(lora: common_pb2.LoraSpec) -> None:
+    if lora.HasField("weight"):
+        weight = lora.weight
+        if not math.isfinite(weight) or not 0.0 <= weight <= MAX_LORA_WEIGHT:
+            raise _range_error("lora.weight", f"0..{MAX_LORA_WEIGHT:g}", weight)
+        if not lora.name.strip():
+            raise InvalidInput("lora.name is empty but lora.weight is set; name a LoRA from the "
+                               "model's catalog (see ListModels) or leave the weight unset")
+    if len(lora.name) > MAX_NAME_CHARS:
+        raise _range_error("lora.name", f"at most {MAX_NAME_CHARS} characters", f"{len(lora.name)} characters")
 
 
 class RequestValidator:

@@ -117,6 +117,10 @@ async def test_random_seed_is_reported_and_reproduces_the_image(start_generator:
     ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty"),
     ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "model 'nope' is not in the catalog"),
     ({"lora": common_pb2.LoraSpec(name="nope")}, grpc.StatusCode.NOT_FOUND, "lora 'nope' is not in the catalog"),
+    ({"lora": common_pb2.LoraSpec(name="", weight=1.0)}, grpc.StatusCode.INVALID_ARGUMENT,
+     "lora.name is empty but lora.weight is set"),
+    ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=float("nan"))}, grpc.StatusCode.INVALID_ARGUMENT,
+     "lora.weight=nan is out of range"),
 ])
 async def test_invalid_settings_are_refused_before_queueing(start_generator: Starter, fields: dict[str, Any],
                                                             code: grpc.StatusCode, message: str) -> None:
