@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2
-from services.common.config import MAX_MESSAGE_BYTES, MiB
 from services.common.errors import InvalidInput
-from services.common.images import ImageLimits, sanitize
+from services.common.image_limits import CALLER_PHOTO, STORED_IMAGE
+from services.common.images import sanitize
 
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -28,10 +28,10 @@ MAX_LORA_WEIGHT = 2.0
 MAX_NAME_CHARS = 200
 MAX_KEY_CHARS = 512
 MAX_PREVIEW_EVERY = MAX_STEPS
-IMAGE_LIMITS = ImageLimits(max_bytes=10 * MiB, max_pixels=40_000_000)
-# Re-encoding without metadata can make an image bigger (a lossy WebP is re-encoded
-# losslessly); it must still fit in one message to the swapper.
-MAX_CLEAN_BYTES = MAX_MESSAGE_BYTES - MiB
+IMAGE_LIMITS = CALLER_PHOTO
+# Re-encoding without metadata can make an image bigger; the swapper (and the worker)
+# must still accept it.
+MAX_CLEAN_BYTES = STORED_IMAGE.max_bytes
 
 
 @dataclass
