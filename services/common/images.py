@@ -22,6 +22,9 @@ from services.common.errors import InvalidInput
 from services.common.image_limits import CALLER_PHOTO, ImageLimits
 
 MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# A multi-picture JPEG (MPO, written by many phones and cameras) is a JPEG whose primary
+# picture comes first; what follows it (another view, a preview) is dropped by ``sanitize``.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
 EXTENSION_BY_MIME = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 __all__ = ["EXTENSION_BY_MIME", "MIME_BY_FORMAT", "ImageInfo", "ImageLimits", "inspect_image", "sanitize",
@@ -36,6 +39,8 @@ class ImageInfo:
     mime: str
     width: int
     height: int
+    # An MPO: more pictures follow the primary one; ``sanitize`` keeps the primary alone.
+    multi_picture: bool = False
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -65,7 +70,8 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format or ""
+                fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+                multi_picture = image.format in _FORMAT_ALIASES
                 width, height = image.size
                 _check_dimensions(field, width, height, limits)
                 image.load()
@@ -79,7 +85,8 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -
         raise InvalidInput(f"{field} is truncated or corrupt and cannot be decoded") from None
     if fmt not in MIME_BY_FORMAT:
         raise InvalidInput(f"{field} is {fmt or 'an unknown format'}; allowed: JPEG, PNG, WebP")
-    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height)
+    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height,
+                     multi_picture=multi_picture)
 
 
 def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) -> None:
@@ -100,7 +107,8 @@ def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) 
 def sanitize(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -> tuple[bytes, ImageInfo]:
     """Validates ``data``, applies its EXIF orientation and re-encodes it without metadata.
 
-    The format is kept (JPEG and WebP at quality 95, PNG lossless).
+    The format is kept (JPEG and WebP at quality 95, PNG lossless); a multi-picture
+    JPEG becomes a plain JPEG of its primary picture.
     Returns the clean bytes and their info.
     """
     info = inspect_image(data, field, limits)

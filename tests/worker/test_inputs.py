@@ -179,6 +179,14 @@ def test_the_limits_come_from_the_shared_table_and_hold_at_their_edges() -> None
         decode_image(_png_header(side + 1, edge), "target_file", LOCAL)
 
 
+def test_a_multi_picture_jpeg_decodes_to_its_primary_picture() -> None:
+    from tests.unit.gateway.sample_images import PRIMARY_RGB, multi_picture_jpeg
+
+    rgb = decode_image(multi_picture_jpeg(), "source_file", LOCAL)
+    assert rgb.shape == (48, 64, 3)
+    assert abs(rgb.reshape(-1, 3).mean(axis=0) - PRIMARY_RGB).max() < 12
+
+
 def test_exif_orientation_is_applied() -> None:
     img = Image.new("RGB", (64, 32), (200, 10, 10))
     exif = Image.Exif()

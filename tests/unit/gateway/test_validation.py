@@ -143,6 +143,14 @@ async def test_the_target_image_is_validated_and_sanitised_like_the_reference() 
             gateway_pb2.JobRequest(reference_image=images.png(), target_image=raw[: len(raw) // 2]))
 
 
+async def test_multi_picture_jpegs_are_accepted_and_leave_as_plain_jpegs() -> None:
+    spec = await RequestValidator(max_decodes=2).validate(gateway_pb2.JobRequest(
+        prompt="a portrait", reference_image=images.multi_picture_jpeg(), target_image=images.multi_picture_jpeg()))
+    assert spec.reference_image is not None and spec.target_image is not None
+    images.assert_plain_jpeg_of_the_primary_picture(spec.reference_image)
+    images.assert_plain_jpeg_of_the_primary_picture(spec.target_image)
+
+
 @pytest.mark.parametrize(("data", "needle"), [
     (images.gif(), "reference_image is not a JPEG, PNG or WebP image"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "reference_image is truncated or corrupt"),
