@@ -77,7 +77,8 @@ async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
         yield request
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, streamed: bool) -> Callable[..., Any]:
+def _guarded(behavior: Callable[..., Awaitable[Any]], method: str, streamed: bool) -> Callable[..., Any]:
+    """``behavior`` refusing malformed requests and ending with the status the table gives what it raises."""
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             if streamed:
@@ -93,33 +94,24 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, streamed: 
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str, streamed: bool) -> Callable[..., Any]:
-    """A response-streaming handler; an async generator becomes a writer coroutine.
+def _driven(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """A response-streaming handler as a coroutine: an async generator is driven here.
 
     gRPC drives an async generator handler itself and, when the call is
     cancelled while a message is being sent, leaves the generator suspended
     at its ``yield``. The garbage collector closes it later, in a new task and
     context, where its ``finally`` blocks run late and ``logs.job_context``
     cannot reset its token ("created in a different Context"). Here the
-    generator is driven and closed (``aclosing``) inside the handler's own
-    task, also on cancellation.
+    generator is iterated and closed (``aclosing``) inside the handler's own
+    task, also on cancellation, and each message is sent with ``context.write``.
     """
     if not inspect.isasyncgenfunction(behavior):
-        return _wrap_unary(behavior, method, streamed)
+        return behavior
 
     async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-        try:
-            if streamed:
-                request = _checked(request, context, method)
-            elif isinstance(request, MalformedRequest):
-                await _refuse(context, request, method)
-            async with contextlib.aclosing(behavior(request, context)) as responses:
-                async for response in responses:
-                    await context.write(response)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort_with(context, exc, method)
+        async with contextlib.aclosing(behavior(request, context)) as responses:
+            async for response in responses:
+                await context.write(response)
 
     return writer
 
@@ -141,11 +133,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if wrapped.request_deserializer is not None:
             wrapped = wrapped._replace(request_deserializer=_tolerant(wrapped.request_deserializer))
         if wrapped.unary_unary is not None:
-            return wrapped._replace(unary_unary=_wrap_unary(wrapped.unary_unary, method, False))
+            return wrapped._replace(unary_unary=_guarded(wrapped.unary_unary, method, False))
         if wrapped.unary_stream is not None:
-            return wrapped._replace(unary_stream=_wrap_stream(wrapped.unary_stream, method, False))
+            return wrapped._replace(unary_stream=_guarded(_driven(wrapped.unary_stream), method, False))
         if wrapped.stream_unary is not None:
-            return wrapped._replace(stream_unary=_wrap_unary(wrapped.stream_unary, method, True))
+            return wrapped._replace(stream_unary=_guarded(wrapped.stream_unary, method, True))
         if wrapped.stream_stream is not None:
-            return wrapped._replace(stream_stream=_wrap_stream(wrapped.stream_stream, method, True))
+            return wrapped._replace(stream_stream=_guarded(_driven(wrapped.stream_stream), method, True))
         return handler
