@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,10 +16,11 @@ from services.common.config import MAX_MESSAGE_BYTES, Env
 from services.common.errors import InvalidInput
 from services.common.image_limits import CALLER_PHOTO, STORED_IMAGE, SWAP_RESULT
 from services.gateway.validation import IMAGE_LIMITS, MAX_CLEAN_BYTES, RequestValidator
-from services.stack.launcher import REPO_ROOT
 from services.swapper.settings import Settings as SwapperSettings
 
 pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _png(width: int, height: int) -> bytes:
