@@ -9,6 +9,8 @@ with dlib's face descriptor (``services/faceswap_worker/quality.py``):
   person (under 0.6)? ``d(target, result)``: how far it moved from the target person;
 - the largest pixel change outside the swapped faces (must be 0) and the seam (ΔE at the border);
 - ``many_faces`` onto the group photo: every face measured.
+A pair the engine refuses (a face in profile) is counted as refused, with its message, and left out
+of the distances; the targets are judged on the swaps done, with the refusals printed beside them.
 Speed: the engine alone and the whole handler (decode two data URIs, swap, JPEG, base64) at 512×512.
 
 Last line: one JSON object with the figures, the targets and whether each is met. ``--save DIR``

@@ -69,11 +69,26 @@ def _on_canvas(size: tuple[int, int], parts: list[tuple[np.ndarray, float, tuple
     return canvas
 
 
+def side_lit(image: np.ndarray) -> np.ndarray:
+    """The photo lit from the left: brightness falls from 115 % to 55 % across it (uneven light at the seam)."""
+    ramp = np.linspace(1.15, 0.55, image.shape[1], dtype=np.float32)[None, :, None]
+    return np.clip(image.astype(np.float32) * ramp + 0.5, 0, 255).astype(np.uint8)
+
+
+def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
+    """The photo turned ``degrees`` about its centre (a head tilted sideways), edges replicated."""
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
 def quality_faces() -> list[FacePhoto]:
-    """The quality benchmark's photos: three people, frontal, profile, glasses, a small face, a group.
+    """The quality benchmark's photos: three people, frontal, profile, glasses, a small face, uneven
+    light, a tilted head, a group.
 
     Every photo comes from a package the worker's environment installs (see docs/faceswap_worker.md,
-    "Test faces", for sources and licences); the small face and the group are made here from them.
+    "Test faces", for sources and licences); the small face, the side light, the tilt and the group
+    are made here from them.
     """
     collins, hopper, camera = astronaut(), grace_hopper(), cameraman()
     return [
@@ -82,6 +97,8 @@ def quality_faces() -> list[FacePhoto]:
         FacePhoto("cameraman", "cameraman", camera, "profile (dlib's frontal detector misses it), grey, face ~75 px"),
         FacePhoto("collins_small", "collins", _on_canvas((512, 512), [(collins, 0.4, (150, 160))]),
                  "small face, ~40 px across, in a 512x512 image"),
+        FacePhoto("collins_side_lit", "collins", side_lit(collins), "lit from the left: 115 % to 55 % across"),
+        FacePhoto("hopper_tilted", "hopper", tilted(hopper, 18.0), "head tilted 18°"),
         FacePhoto("group", "hopper", _on_canvas((600, 1024), [
             (hopper, 1.0, (0, 0)), (collins, 0.9, (540, 20)), (camera[60:300, 140:380], 0.75, (560, 400)),
         ]), "several faces: Hopper (largest, ~200 px), Collins (~95 px), the cameraman in profile (~55 px)"),
