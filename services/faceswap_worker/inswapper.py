@@ -59,7 +59,8 @@ class InswapperRenderer:
         for name, path in (("FACESWAP_INSWAPPER_MODEL", model_path), ("FACESWAP_ARCFACE_MODEL", arcface_path)):
             if not os.path.isfile(path):
                 raise ValueError(f"{name}: no model file at {path}")
-        providers = ["CPUExecutionProvider"]
+        # CUDA when the image has onnxruntime-gpu and a GPU (the pinned onnxruntime is CPU-only).
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self._swapper = ort.InferenceSession(model_path, providers=providers)
         self._recogniser = ort.InferenceSession(arcface_path, providers=providers)
         # The identity projection is the model's last initializer (as insightface reads it).
