@@ -1,4 +1,4 @@
-"""Public-domain portrait photos shipped inside installed packages, and a CLI that writes them out.
+"""Portrait photos shipped inside installed packages (public domain or CC0), the quality test faces, and a CLI.
 
     python -m services.faceswap_worker.samples OUT_DIR   # writes astronaut.png and grace_hopper.jpg
 """
