@@ -38,7 +38,7 @@ from services.faceswap_worker.warp import (
 
 __all__ = ["NoFaceError", "Roi", "SwapEngine", "SwapOptions", "SwapResult", "unswappable"]
 
-MAX_YAW_DEGREES = 60.0  # faces turned further than this from the camera are not swapped
+MAX_YAW_DEGREES = 45.0  # faces turned further than this from the camera are not swapped
 
 
 class NoFaceError(ValueError):
