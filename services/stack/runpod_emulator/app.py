@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.stack.runpod_emulator import log
 from services.stack.runpod_emulator.endpoint import Endpoint, JobNotFound, NotRetryable, QueueFull
-from services.stack.runpod_emulator.faults import ROUTES, Fault, Faults, Route, parse_faults
+from services.stack.runpod_emulator.faults import ROUTES, Fault, Faults, Route, describe, parse_faults
 from services.stack.runpod_emulator.jobs import TERMINAL
 from services.stack.runpod_emulator.registry import Registry
 
@@ -350,9 +350,7 @@ def build_app(registry: Registry) -> ASGIApp:
             try:
                 script = ScriptRequest.model_validate(parse_json(await read_body(request, RUN_PAYLOAD_LIMIT)))
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                                     for e in exc.errors())
-                raise HttpError(400, f"bad script: {problems}") from None
+                raise HttpError(400, f"bad script: {describe(exc)}") from None
         except HttpError as exc:
             return error(request, exc)
         endpoint.script(script.route, script.to_fault(), script.times)

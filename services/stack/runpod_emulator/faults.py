@@ -83,6 +83,11 @@ class Faults(BaseModel):
         return value
 
 
+def describe(error: ValidationError) -> str:
+    """Every problem of a refused JSON body on one line: ``field: message; field: message``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
+
+
 def parse_faults(changes: Any, base: Faults) -> Faults:
     """``base`` with the given keys changed; ValueError with one clear line for a bad key or value."""
     if not isinstance(changes, dict):
@@ -90,8 +95,7 @@ def parse_faults(changes: Any, base: Faults) -> Faults:
     try:
         return Faults.model_validate({**base.model_dump(), **changes})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"bad fault settings: {problems}") from None
+        raise ValueError(f"bad fault settings: {describe(exc)}") from None
 
 
 class FaultState:
