@@ -282,6 +282,16 @@ def test_cancel_of_a_queued_and_a_running_job(emulator: RunPodEmulator, client: 
     assert client.get("health").json()["jobs"]["inProgress"] == 0
 
 
+def test_answers_go_out_at_once(client: Client) -> None:
+    """Headers and body leave in two writes: with Nagle's algorithm on, each answer waits ~40 ms for an ACK."""
+    took = []
+    for _ in range(21):
+        started = time.monotonic()
+        assert client.get("health").status_code == 200
+        took.append(time.monotonic() - started)
+    assert sorted(took)[10] < 0.02, f"median answer time {sorted(took)[10] * 1000:.1f} ms"
+
+
 def test_many_concurrent_clients(emulator: RunPodEmulator) -> None:
     emulator.endpoint("ep").plan = JobPlan(run_s=1.0, fetch_inputs=False)
 
