@@ -42,21 +42,27 @@ class HttpError(Exception):
         self.close = close
 
 
-class WithTransport:
-    """The outermost ASGI layer: puts the connection's transport in the scope.
+class Connections:
+    """The outermost ASGI layer: gives routes the connection's transport, and ends requests quietly on stop.
 
     ASGI has no way to drop a connection without answering, which the reset and
     hang faults need; uvicorn's ``send`` is a method of its request cycle, which
-    holds the transport.
+    holds the transport. When the emulator stops it cancels the requests in
+    flight (long-polls, hangs), which uvicorn would otherwise log as errors.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.closing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope[TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -223,7 +229,7 @@ class ScriptRequest(BaseModel):
         return Fault.delay(self.seconds)
 
 
-def build_app(registry: Registry) -> ASGIApp:
+def build_app(registry: Registry) -> Connections:
     """The ASGI application serving ``registry``."""
     app = FastAPI(title="RunPod emulator", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -372,4 +378,4 @@ def build_app(registry: Registry) -> ASGIApp:
     async def http_exception(request: Request, exc: HTTPException) -> Response:
         return json_response(exc.status_code, {"error": str(exc.detail)}, getattr(exc, "headers", None))
 
-    return WithTransport(app)
+    return Connections(app)

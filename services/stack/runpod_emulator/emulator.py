@@ -5,14 +5,47 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from typing import Any
 
 import uvicorn
 
-from services.stack.runpod_emulator.app import build_app
+from services.stack.runpod_emulator.app import Connections, build_app
+from services.stack.runpod_emulator.endpoint import Endpoint, Limits, Runner
 from services.stack.runpod_emulator.registry import Registry
 
 START_TIMEOUT_S = 10.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, started and stopped at once.
+
+    uvicorn checks for exit every 0.1 s and then waits for open connections; tests start and stop
+    an emulator per test, and long-polls and hang faults hold connections open. This one waits on
+    an event, then drops every connection and ends the requests in flight.
+    """
+
+    def __init__(self, config: uvicorn.Config, connections: Connections, ready: threading.Event) -> None:
+        super().__init__(config)
+        self.connections = connections
+        self.ready = ready
+        self.stopping = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+    async def main_loop(self) -> None:
+        await self.stopping.wait()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in self.servers:
+            listener.close()
+        self.connections.closing = True
+        for connection in list(self.server_state.connections):
+            connection.transport.abort()
+        requests = list(self.server_state.tasks)
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
 
 
 class RunPodEmulator(Registry):
@@ -32,7 +65,7 @@ class RunPodEmulator(Registry):
         super().__init__(api_key, host, record_requests)
         self.requested_port = port
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
 
@@ -45,57 +78,53 @@ class RunPodEmulator(Registry):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.requested_port))
         self.port = int(sock.getsockname()[1])
+        app = build_app(self)
         # h11 everywhere (httptools is only in the worker's environment): one behaviour in both.
         # Long keep-alive: a client reusing a connection the server just closed would see its
         # /run fail with an unknown outcome.
-        config = uvicorn.Config(build_app(self), http="h11", lifespan="off", log_config=None, log_level="warning",
+        config = uvicorn.Config(app, http="h11", lifespan="off", log_config=None, log_level="warning",
                                 access_log=False, proxy_headers=False, server_header=False, backlog=2048,
-                                timeout_keep_alive=300, timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
+                                timeout_keep_alive=300)
         ready = threading.Event()
+        self._server = _Server(config, app, ready)
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(self._server, sock, ready),
+        self._thread = threading.Thread(target=self._serve, args=(self._server, sock),
                                         name="runpod-emulator", daemon=True)
         self._thread.start()
-        if not ready.wait(START_TIMEOUT_S) or self._failure is not None:
+        ready.wait(START_TIMEOUT_S)
+        if not self._server.started:
             self.stop()
             raise RuntimeError(f"the RunPod emulator did not start: {self._failure!r}")
         return self
 
-    def _serve(self, server: uvicorn.Server, sock: socket.socket, ready: threading.Event) -> None:
+    def _serve(self, server: _Server, sock: socket.socket) -> None:
         loop = self.loop
         assert loop is not None
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._main(server, sock, ready))
-        except BaseException as exc:  # reported by start() or stop()
+            loop.run_until_complete(self._main(server, sock))
+        except BaseException as exc:  # start() reports it
             self._failure = exc
-            ready.set()
         finally:
+            server.ready.set()
             loop.close()
 
-    async def _main(self, server: uvicorn.Server, sock: socket.socket, ready: threading.Event) -> None:
+    async def _main(self, server: _Server, sock: socket.socket) -> None:
         for endpoint in list(self.endpoints.values()):
             await endpoint.runner.start()
-        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn offers no started event)
-            await asyncio.sleep(0.005)
-        ready.set()
         try:
-            await serving
+            await server.serve(sockets=[sock])
         finally:
             for endpoint in list(self.endpoints.values()):
                 await endpoint.runner.stop()
 
-    def call(self, function: Any, *args: Any) -> Any:
-        """Run ``function(*args)`` on the emulator's loop (a coroutine function is awaited) and return its result."""
-        assert self.loop is not None
-
-        async def call() -> Any:
-            result = function(*args)
-            return await result if asyncio.iscoroutine(result) else result
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(30)
+    def endpoint(self, endpoint_id: str, runner: Runner | None = None, limits: Limits | None = None) -> Endpoint:
+        """The endpoint with this id, created on first use; a runner added while serving is started at once."""
+        known = endpoint_id in self.endpoints
+        endpoint = super().endpoint(endpoint_id, runner, limits)
+        if not known and self.running and self.loop is not None:
+            asyncio.run_coroutine_threadsafe(endpoint.runner.start(), self.loop).result(START_TIMEOUT_S)
+        return endpoint
 
     @property
     def running(self) -> bool:
@@ -103,12 +132,12 @@ class RunPodEmulator(Registry):
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
-        """Stop serving, stop every runner (ending their processes) and close every connection."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        """Stop serving, drop every connection and stop every runner (ending their processes)."""
+        server, thread, loop = self._server, self._thread, self.loop
+        if server is None or thread is None or loop is None:
             return
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(setattr, server, "should_exit", True)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(server.stopping.set)
         thread.join(30)
         self._server = self._thread = None
 

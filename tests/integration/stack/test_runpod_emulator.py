@@ -312,18 +312,29 @@ def test_many_concurrent_clients(emulator: RunPodEmulator) -> None:
     assert time.monotonic() - started < 8  # 200 one-second jobs run side by side
 
 
-def test_stop_ends_the_server_thread_and_closes_the_port() -> None:
+def test_stop_drops_long_polls_ends_the_server_thread_and_closes_the_port() -> None:
     before = {t.name for t in threading.enumerate()}
     emulator = RunPodEmulator(api_key=KEY).start()
     emulator.endpoint("ep").plan = JobPlan(run_s=30, fetch_inputs=False)
     client = Client(emulator)
     job = client.post("run", {"input": {}}).json()
-    hanging = threading.Thread(target=lambda: client.get(f"status/{job['id']}?wait=20000"), daemon=True)
-    hanging.start()
-    time.sleep(0.1)  # let the long-poll arrive; stopping must not wait for it to end
+    dropped: list[BaseException] = []
+
+    def long_poll() -> None:
+        try:
+            client.get(f"status/{job['id']}?wait=20000")
+        except requests.ConnectionError as exc:
+            dropped.append(exc)
+
+    waiting = threading.Thread(target=long_poll, daemon=True)
+    waiting.start()
+    while emulator.count("status") == 0:
+        time.sleep(0.01)
     started = time.monotonic()
     emulator.stop()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 1
+    waiting.join(5)
+    assert len(dropped) == 1  # the long-poll's connection was closed, not left to time out
     assert "runpod-emulator" not in {t.name for t in threading.enumerate()} - before
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{emulator.base_url}/ep/health", timeout=2)
