@@ -8,9 +8,10 @@ import threading
 
 import uvicorn
 
-from services.stack.runpod_emulator.app import Connections, build_app
+from services.stack.runpod_emulator.app import build_app
 from services.stack.runpod_emulator.endpoint import Endpoint, Limits, Runner
 from services.stack.runpod_emulator.registry import Registry
+from services.stack.runpod_emulator.web import Connections
 
 START_TIMEOUT_S = 10.0
 
