@@ -49,7 +49,6 @@ class SwapperApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.http_pool = BlockingPool("runpod-http", settings.http_threads)
         self.storage_pool = BlockingPool("storage", settings.storage_threads)
         self.embedded: EmbeddedS3 | None = None
         self.storage: Storage | None = None
@@ -58,9 +57,9 @@ class SwapperApp:
         remote = None
         runpod = settings.runpod
         if runpod.enabled and runpod.api_key:
-            self.client = RunPodClient(runpod.api_base, runpod.api_key, pool_size=settings.http_threads)
+            self.client = RunPodClient(runpod.api_base, runpod.api_key, max_connections=settings.http_connections)
             self.endpoints = build_endpoints(runpod)
-            remote = RemoteSwapper(runpod, self.client, self.endpoints, self.http_pool, self.storage_pool)
+            remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
         self.core = Swapper(settings, self.storage_pool, remote)
         self.servicer = SwapperServicer(self.core)
 
@@ -141,8 +140,7 @@ class SwapperApp:
         self.core.store = None
         self.core.not_ready_reason = "the swapper is stopping"
         if self.client is not None:
-            self.client.close()
-        await asyncio.to_thread(self.http_pool.shutdown, True)
+            await self.client.aclose()
         await asyncio.to_thread(self.storage_pool.shutdown, True)
         if self.embedded is not None:
             self.embedded.stop()

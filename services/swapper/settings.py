@@ -89,7 +89,7 @@ class Settings:
     storage: StorageSettings
     runpod: RunPodSettings
     target_limits: ImageLimits
-    http_threads: int
+    http_connections: int
     storage_threads: int
     max_in_flight: int
 
@@ -113,7 +113,7 @@ class Settings:
                                       maximum=512 * MiB),
                 max_pixels=env.get_int("SWAPPER_MAX_IMAGE_PIXELS", 40_000_000, minimum=64),
                 max_side=env.get_int("SWAPPER_MAX_IMAGE_SIDE", 12_000, minimum=8)),
-            http_threads=env.get_int("SWAPPER_HTTP_THREADS", 256, minimum=4, maximum=4096),
+            http_connections=env.get_int("SWAPPER_HTTP_CONNECTIONS", 256, minimum=8, maximum=65_536),
             storage_threads=env.get_int("SWAPPER_STORAGE_THREADS", 32, minimum=2, maximum=1024),
             max_in_flight=env.get_int("SWAPPER_MAX_IN_FLIGHT", 512, minimum=1, maximum=100_000),
         )

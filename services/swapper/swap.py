@@ -27,7 +27,8 @@ from services.common.images import ImageInfo, ImageLimits, inspect_image, saniti
 from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.fallback import DISABLED, SwapFallback
-from services.swapper.remote import RemoteEvent, RemoteSwapper, Submitted, SwapInputs, SwapSuccess, finish
+from services.swapper.jobs import RemoteEvent, Submitted, SwapInputs, SwapSuccess
+from services.swapper.remote import RemoteSwapper, finish
 from services.swapper.settings import Settings
 from services.swapper.storage import ObjectStore, result_key, temp_key
 

@@ -62,7 +62,7 @@ def base_env(s3_server: EmbeddedS3, fake_runpod: FakeRunPod, bucket: str) -> dic
         "FACE_SWAP_HTTP_TIMEOUT_SECONDS": "2",
         "FACE_SWAP_CANCEL_TIMEOUT_SECONDS": "2",
         "SWAPPER_LISTEN": "127.0.0.1:0",
-        "SWAPPER_HTTP_THREADS": "16",
+        "SWAPPER_HTTP_CONNECTIONS": "16",
         "SWAPPER_STORAGE_THREADS": "8",
     }
 
