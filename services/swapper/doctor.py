@@ -21,10 +21,11 @@ from PIL import Image
 from facegen.v1 import common_pb2, swapper_pb2
 from services.common.images import inspect_image
 from services.common.secrets import mask
+from services.swapper.keys import TEMP_PREFIX
 from services.swapper.runpod import RunPodError
+from services.swapper.s3 import StorageUnavailable
 from services.swapper.service import SwapperApp
 from services.swapper.settings import Settings
-from services.swapper.storage import TEMP_PREFIX, StorageUnavailable
 
 Print = Callable[[str], None]
 

@@ -13,12 +13,14 @@ from services.common import logs
 from services.common.secrets import mask
 from services.swapper.backoff import Backoff
 from services.swapper.blocking import BlockingPool
+from services.swapper.bucket import BucketSetup
 from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.endpoints import Endpoint, build_endpoints
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
+from services.swapper.s3 import S3Bucket, StorageUnavailable
 from services.swapper.settings import Settings
-from services.swapper.storage import ObjectStore, Storage, StorageUnavailable
+from services.swapper.storage import ObjectStore, Storage
 from services.swapper.swap import Swapper
 
 log = logging.getLogger(__name__)
@@ -104,13 +106,14 @@ class SwapperApp:
             endpoint = storage_settings.endpoint_url
             key_id = storage_settings.access_key_id or ""
             secret = storage_settings.secret_access_key or ""
-        self.storage = Storage(storage_settings, endpoint, key_id, secret, pool_size=self.settings.storage_threads)
+        s3 = S3Bucket(storage_settings, endpoint, key_id, secret, pool_size=self.settings.storage_threads)
+        self.storage = Storage(s3)
         return self.storage
 
     async def start_once(self) -> None:
         """Checks storage once; raises StorageUnavailable with the reason when it is not usable."""
         storage = await self.storage_pool.run(self.build_storage)
-        notes = await self.storage_pool.run(storage.ensure_ready)
+        notes = await self.storage_pool.run(BucketSetup(storage.s3).ensure_ready)
         self.core.store = ObjectStore(storage, self.storage_pool)
         logs.event(log, "storage.ready", bucket=storage.bucket, endpoint=storage.endpoint_url,
                    notes="; ".join(notes) or "-")

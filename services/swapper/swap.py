@@ -28,16 +28,16 @@ from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.fallback import DISABLED, SwapFallback
 from services.swapper.jobs import RemoteEvent, Submitted, SwapInputs, SwapSuccess
+from services.swapper.keys import is_reference_key, result_key, temp_key
 from services.swapper.remote import RemoteSwapper, finish
 from services.swapper.settings import Settings
-from services.swapper.storage import ObjectStore, result_key, temp_key
+from services.swapper.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 EmitEvent = Callable[[swapper_pb2.SwapEvent], Awaitable[None]]
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_REFERENCE_KEY = re.compile(r"^refs/[0-9a-f]{64}\.(?:jpg|png|webp)$")
 # Time kept back from the caller's gRPC deadline to store the fallback and answer.
 _RESERVE_S = 1.0
 # Image metadata that may carry personal data (EXIF GPS, XMP, comments, PNG text).
@@ -209,6 +209,6 @@ def _check_request(request: swapper_pb2.SwapRequest) -> None:
         raise InvalidInput(f"image_index is {request.image_index}; it must be between 0 and 1000")
     if request.deadline_ms < 0:
         raise InvalidInput(f"deadline_ms is {request.deadline_ms}; it must be 0 (the default) or positive")
-    if request.reference_key and not _REFERENCE_KEY.match(request.reference_key):
+    if request.reference_key and not is_reference_key(request.reference_key):
         raise InvalidInput("reference_key must be a key returned by PutReference "
                            "(refs/<sha256>.<jpg|png|webp>)")

@@ -79,7 +79,9 @@ class Harness:
         """An object's bytes."""
         storage = self.app.storage
         assert storage is not None
-        return storage.get(key)
+        data = storage.get(key)
+        assert data is not None, f"{key} does not exist"
+        return data
 
     async def assert_quiet(self, within_s: float = 5.0) -> None:
         """Nothing the swaps started is still running: no thread call, no task, no temp object."""
