@@ -68,6 +68,8 @@ class RemoteJob:
     # The endpoint no longer runs it (terminal, expired) or will not let us cancel it (key rejected).
     settled: bool = False
     cancel_sent: bool = False
+    # The swap was cancelled (CancelSwap): cancel the job even if a resumable call's caller left.
+    cancel_requested: bool = False
 
     def accepted(self, endpoint: Endpoint, job_id: str, status: str) -> None:
         """The endpoint queued the job."""
@@ -75,10 +77,10 @@ class RemoteJob:
 
 
 class Journal(Protocol):
-    """Where a resumable swap records its remote job, so that a later call can follow it."""
+    """Where a resumable swap records its remote job, so that a later call can follow it.
 
-    async def submitting(self) -> None:
-        """A ``/run`` is about to be sent."""
+    The swap claims its submission (``submitting``) before the first ``/run``.
+    """
 
     async def submitted(self, endpoint: str, job_id: str) -> bool:
         """The endpoint accepted job ``job_id``; True when the swap was cancelled (CancelSwap) meanwhile."""

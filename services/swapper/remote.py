@@ -82,7 +82,7 @@ class RemoteSwapper:
             caller_left = True
             raise
         finally:
-            keep = caller_left and journal is not None
+            keep = caller_left and journal is not None and not job.cancel_requested
             if job.job_id is not None and not job.settled and not job.cancel_sent and not keep:
                 await finish(self.cancel(job))
 

@@ -10,12 +10,14 @@ import grpc
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
 from services.common import logs
+from services.common.redis import connect
 from services.common.secrets import mask
 from services.swapper.backoff import Backoff
 from services.swapper.blocking import BlockingPool
 from services.swapper.bucket import BucketSetup
 from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.endpoints import Endpoint, build_endpoints
+from services.swapper.records import SwapRecords
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
 from services.swapper.s3 import S3Bucket, StorageUnavailable
@@ -41,9 +43,24 @@ class SwapperServicer(swapper_pb2_grpc.SwapperServiceServicer):
         key, deduplicated = await self.core.put_reference(request.job_id, request.image)
         return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
 
+    async def CheckReference(self, request: swapper_pb2.CheckReferenceRequest,
+                             context: grpc.aio.ServicerContext) -> swapper_pb2.CheckReferenceResponse:
+        await self.core.check_reference(request.job_id, request.key)
+        return swapper_pb2.CheckReferenceResponse()
+
+    async def PutTarget(self, request: swapper_pb2.PutTargetRequest,
+                        context: grpc.aio.ServicerContext) -> swapper_pb2.PutTargetResponse:
+        key = await self.core.put_target(request.job_id, request.image_index, request.image)
+        return swapper_pb2.PutTargetResponse(key=key)
+
     async def Swap(self, request: swapper_pb2.SwapRequest,
                    context: grpc.aio.ServicerContext) -> None:
         await self.core.swap(request, context.write, context.time_remaining())
+
+    async def CancelSwap(self, request: swapper_pb2.CancelSwapRequest,
+                         context: grpc.aio.ServicerContext) -> swapper_pb2.CancelSwapResponse:
+        cancelled = await self.core.cancel_swap(request.job_id, request.image_index)
+        return swapper_pb2.CancelSwapResponse(remote_cancelled=cancelled)
 
 
 class SwapperApp:
@@ -62,7 +79,9 @@ class SwapperApp:
             self.client = RunPodClient(runpod.api_base, runpod.api_key, max_connections=settings.http_connections)
             self.endpoints = build_endpoints(runpod)
             remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
-        self.core = Swapper(settings, self.storage_pool, remote)
+        self.redis = connect(settings.redis, "facegen-swapper") if settings.redis is not None else None
+        records = SwapRecords(self.redis, settings.record_grace_s) if self.redis is not None else None
+        self.core = Swapper(settings, self.storage_pool, remote, records)
         self.servicer = SwapperServicer(self.core)
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -88,6 +107,7 @@ class SwapperApp:
             "api_base": runpod.api_base,
             "api_key": mask(runpod.api_key),
             "long_poll_ms": str(runpod.status_wait_ms),
+            "redis": self.settings.redis.display_url if self.settings.redis else "none (no resumable swaps)",
         }
 
     def build_storage(self) -> Storage:
@@ -144,6 +164,8 @@ class SwapperApp:
         self.core.not_ready_reason = "the swapper is stopping"
         if self.client is not None:
             await self.client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await asyncio.to_thread(self.storage_pool.shutdown, True)
         if self.embedded is not None:
             self.embedded.stop()

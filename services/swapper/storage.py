@@ -201,6 +201,14 @@ class ObjectStore:
         return await self.pool.run(self.storage.put_and_presign, key, data, content_type,
                                    self.storage.settings.temp_presign_expiry_s)
 
+    async def temp_url(self, key: str) -> str:
+        """A short-lived GET URL for a stored swap input."""
+        return await self.pool.run(self.storage.presign, key, self.storage.settings.temp_presign_expiry_s)
+
+    async def get(self, key: str) -> bytes | None:
+        """An object's bytes, or None when it does not exist."""
+        return await self.pool.run(self.storage.get, key)
+
     async def put_result(self, key: str, data: bytes, content_type: str) -> str:
         """Uploads a result; returns the URL handed back to the caller."""
         return await self.pool.run(self.storage.put_result, key, data, content_type)

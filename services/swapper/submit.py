@@ -118,11 +118,8 @@ class Submitter:
     async def submit(self, job: RemoteJob, inputs: SwapInputs, deadline: float, journal: Journal | None) -> None:
         """Fills ``job`` with the accepted job's endpoint and id; raises SwapFallback when no endpoint took it.
 
-        ``journal`` (resumable swaps) hears of the submission before the
-        first ``/run`` and of the job id as soon as it is known.
+        ``journal`` (resumable swaps) hears of the job id as soon as it is known.
         """
-        if journal is not None:
-            await journal.submitting()
         failures: list[tuple[Reason, str]] = []
         for endpoint in self.endpoints:
             outcome = await self._submit_to(job, endpoint, inputs, deadline, journal)
@@ -154,7 +151,7 @@ class Submitter:
                 # Remember the job the endpoint queued anyway: it gets its /cancel, or is recorded.
                 job.accepted(endpoint, late.answer.job_id, late.answer.status)
                 if journal is not None:
-                    await journal.submitted(endpoint.id, late.answer.job_id)
+                    job.cancel_requested = await journal.submitted(endpoint.id, late.answer.job_id)
                 raise asyncio.CancelledError from None
             except RunPodError as exc:
                 decision = self._classify(endpoint, exc)

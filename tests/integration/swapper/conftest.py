@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from services.swapper.service import SERVICE_NAME, SwapperApp
 from services.swapper.settings import Settings
 from tests.fakes.runpod_fake import FakeRunPod
 from tests.integration.swapper.harness import API_KEY, BACKUP, PRIMARY, Harness, MakeSwapper
+from tests.integration.swapper.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +97,10 @@ async def make_swapper(base_env: dict[str, str], fake_runpod: FakeRunPod) -> Asy
     yield make
     for harness in made:
         await harness.close()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server of its own on a free loopback port, without persistence."""
+    with RedisServer(tmp_path) as server:
+        yield server.url

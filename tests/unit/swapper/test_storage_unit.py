@@ -17,11 +17,11 @@ from services.common.images import ImageLimits
 from services.swapper.blocking import BlockingPool
 from services.swapper.bucket import BucketSetup
 from services.swapper.deleter import BatchDeleter
+from services.swapper.inputs import check_image
 from services.swapper.keys import is_reference_key, is_temp_key_of, reference_key, result_key, temp_key
 from services.swapper.s3 import S3Bucket
 from services.swapper.settings import Settings
 from services.swapper.storage import ObjectInfo, ObjectStore, Storage
-from services.swapper.swap import check_image
 from tests.waiting import until
 
 pytestmark = pytest.mark.unit
