@@ -73,13 +73,13 @@ class SwapperApp:
         self.storage: Storage | None = None
         self.client: RunPodClient | None = None
         self.endpoints: list[Endpoint] = []
+        self.redis = connect(settings.redis, "facegen-swapper") if settings.redis is not None else None
         remote = None
         runpod = settings.runpod
         if runpod.enabled and runpod.api_key:
             self.client = RunPodClient(runpod.api_base, runpod.api_key, max_connections=settings.http_connections)
-            self.endpoints = build_endpoints(runpod)
+            self.endpoints = build_endpoints(runpod, redis=self.redis)
             remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
-        self.redis = connect(settings.redis, "facegen-swapper") if settings.redis is not None else None
         records = SwapRecords(self.redis, settings.record_grace_s) if self.redis is not None else None
         self.core = Swapper(settings, self.storage_pool, remote, records)
         self.servicer = SwapperServicer(self.core)
