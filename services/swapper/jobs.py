@@ -6,11 +6,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.common.errors import Cancelled
 from services.common.images import ImageInfo
 from services.swapper.endpoints import Endpoint
 
 RUNNING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+class CallerGone(Cancelled):
+    """An event could not be delivered: the caller went away (gRPC reports it before it cancels the call)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.endpoints import Endpoint
 from services.swapper.fallback import TIMED_OUT, UNDECODABLE_RESULT, SwapFallback
 from services.swapper.follow import Follower
-from services.swapper.jobs import Emit, Journal, RemoteJob, Submitted, SwapInputs, SwapSuccess
+from services.swapper.jobs import CallerGone, Emit, Journal, RemoteJob, Submitted, SwapInputs, SwapSuccess
 from services.swapper.ratelimit import RateLimitWouldExceedDeadline
 from services.swapper.results import UrlResult, interpret_output, validate_image
 from services.swapper.runpod import RunPodClient, RunPodError, StatusAnswer
@@ -78,7 +78,7 @@ class RemoteSwapper:
             await emit(Submitted(job.job_id, job.endpoint.id, resumed=resume is not None))
             answer = await self.follower.follow(job, deadline, budget, emit)
             return await self._collect(job, answer, deadline, scope)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallerGone):
             caller_left = True
             raise
         finally:

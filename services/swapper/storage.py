@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -24,6 +25,8 @@ from services.swapper.keys import reference_key
 from services.swapper.s3 import S3Bucket, error_code
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MAX_CACHED_URLS = 10_000
 # A reference known to exist is trusted this long before asking the store again.
@@ -58,28 +61,28 @@ class Storage:
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size and age, or None when it does not exist."""
-        try:
-            answer = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self.s3.fail(exc, "look up an object") from None
-        except BotoCoreError as exc:
-            raise self.s3.fail(exc, "look up an object") from None
+        answer = self._unless_missing("look up an object",
+                                      lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        if answer is None:
+            return None
         return ObjectInfo(size=int(answer.get("ContentLength", 0)), last_modified=answer.get("LastModified"),
                           content_type=str(answer.get("ContentType", "")))
 
     def get(self, key: str) -> bytes | None:
         """An object's bytes, or None when it does not exist."""
+        return self._unless_missing(
+            "read an object", lambda: bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+
+    def _unless_missing(self, action: str, call: Callable[[], T]) -> T | None:
+        """``call()``, or None when the object does not exist; StorageUnavailable for any other failure."""
         try:
-            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            return body
+            return call()
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise self.s3.fail(exc, "read an object") from None
+            raise self.s3.fail(exc, action) from None
         except BotoCoreError as exc:
-            raise self.s3.fail(exc, "read an object") from None
+            raise self.s3.fail(exc, action) from None
 
     def delete_many(self, keys: list[str]) -> list[str]:
         """Deletes up to 1000 keys in one request; returns the keys that could not be deleted."""

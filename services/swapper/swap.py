@@ -24,7 +24,7 @@ from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.fallback import DISABLED, SwapFallback
 from services.swapper.inputs import CheckedImage, check_image, check_job, check_reference_key, check_swap_request
-from services.swapper.jobs import RemoteEvent, RemoteJob, Submitted, SwapInputs, SwapSuccess
+from services.swapper.jobs import CallerGone, RemoteEvent, RemoteJob, Submitted, SwapInputs, SwapSuccess
 from services.swapper.keys import result_key, temp_key
 from services.swapper.records import SUBMITTED, SwapRecords
 from services.swapper.remote import RemoteSwapper, finish
@@ -126,6 +126,7 @@ class Swapper:
         """
         store = self._ready_store()
         check_swap_request(request)
+        emit = _delivering(emit)
         if request.resumable:
             self._ready_records("a resumable swap")
         if self.in_flight >= self.settings.max_in_flight:
@@ -268,3 +269,15 @@ class Swapper:
         limit = self.settings.runpod.http_timeout_s + self.settings.runpod.status_wait_ms / 1000 + 1
         if not await scope.drain(limit):
             logs.event(log, "swap.leftover_calls", logging.WARNING, pending=scope.pending)
+
+
+def _delivering(emit: EmitEvent) -> EmitEvent:
+    """``emit``, with a failed delivery (the call already ended) raised as ``CallerGone``."""
+
+    async def deliver(event: swapper_pb2.SwapEvent) -> None:
+        try:
+            await emit(event)
+        except Exception as exc:
+            raise CallerGone(f"the caller went away ({type(exc).__name__})") from exc
+
+    return deliver
