@@ -98,9 +98,16 @@ class SwapRecords:
     def _ttl_ms(self, budget_s: float) -> int:
         return int((budget_s + self.grace_s) * 1000)
 
-    async def read(self, job_id: str, index: int) -> SwapRecord | None:
-        """The record, or None."""
-        return SwapRecord.parse(await self._call(self.redis.hgetall(self.key(job_id, index))))
+    async def read(self, job_id: str, index: int, budget_s: float | None = None) -> SwapRecord | None:
+        """The record, or None; with ``budget_s``, it is made to last past this call's deadline too."""
+        if budget_s is None:
+            return SwapRecord.parse(await self._call(self.redis.hgetall(self.key(job_id, index))))
+        key = self.key(job_id, index)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.pexpire(key, self._ttl_ms(budget_s))
+            fields, _ = await self._call(pipe.execute())
+        return SwapRecord.parse(fields)
 
     async def note_target(self, job_id: str, index: int, target_key: str, budget_s: float) -> None:
         """Records where the target is stored (and makes the record last past this call's deadline)."""

@@ -46,7 +46,7 @@ class Resumable:
     @classmethod
     async def load(cls, records: SwapRecords, job_id: str, index: int, budget_s: float) -> Resumable:
         """Reads the record (Unavailable while Redis is down: nothing has been done yet)."""
-        return cls(records, job_id, index, budget_s, await records.read(job_id, index))
+        return cls(records, job_id, index, budget_s, await records.read(job_id, index, budget_s))
 
     @property
     def stored_target(self) -> str:

@@ -63,6 +63,10 @@ async def test_a_second_swap_follows_the_job_the_first_call_submitted(make_swapp
     assert kept["state"] == "submitted" and kept["remote_job_id"] == job.id and kept["endpoint"] == PRIMARY
     assert harness.objects("tmp/") == [kept["target_key"]], "the stored target stays for the next call"
     assert harness.fake.count("cancel") == 0 and job.cancelled_at is None
+    client = redis.Redis.from_url(redis_url)
+    ttl_ms = client.pttl("facegen:swap:{res-1}:0")
+    client.close()
+    assert 0 < ttl_ms <= (5 + 60) * 1000, "the record expires a grace period after the swap's deadline"
 
     harness.baseline_tasks = set(asyncio.all_tasks())
     events = [event async for event in harness.stub.Swap(resumable(harness, reference, "res-1"), timeout=20)]
