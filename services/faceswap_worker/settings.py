@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The system's one image-limit table; standard library only, so it imports here (see its docstring).
+from services.common.image_limits import STORED_IMAGE
+
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
@@ -35,9 +38,10 @@ def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float
 class WorkerSettings:
     """Limits and switches of the face-swap handler."""
 
-    max_input_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_side: int = 10_000
+    max_input_bytes: int = STORED_IMAGE.max_bytes
+    max_pixels: int = STORED_IMAGE.max_pixels
+    max_side: int = STORED_IMAGE.max_side
+    min_side: int = STORED_IMAGE.min_side
     connect_timeout_s: float = 5.0
     download_timeout_s: float = 20.0
     max_redirects: int = 3

@@ -10,7 +10,8 @@ from PIL import Image
 
 from facegen.v1 import swapper_pb2
 from services.common.errors import InvalidInput
-from services.common.images import ImageInfo, ImageLimits, inspect_image, sanitize
+from services.common.image_limits import ImageLimits
+from services.common.images import ImageInfo, inspect_image, sanitize
 from services.swapper.keys import is_reference_key, is_temp_key_of
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,12 +29,12 @@ class CheckedImage:
 
 
 def check_image(data: bytes, field: str, limits: ImageLimits) -> CheckedImage:
-    """Validates an image; re-encodes it without metadata only when it carries some."""
+    """Validates an image; re-encodes it only when it carries metadata or more than one picture."""
     info = inspect_image(data, field, limits)
     with Image.open(io.BytesIO(data)) as image:
         text = getattr(image, "text", None)
         has_metadata = any(key in image.info for key in _PERSONAL_METADATA) or bool(text)
-    if has_metadata:
+    if has_metadata or info.multi_picture:
         clean, info = sanitize(data, field, limits)
         return CheckedImage(clean, info)
     return CheckedImage(data, info)
