@@ -34,6 +34,19 @@ def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+# FACESWAP_ENGINE: auto = inswapper when FACESWAP_INSWAPPER_MODEL is set, else classic.
+ENGINES = ("auto", "classic", "inswapper")
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Limits and switches of the face-swap handler."""
@@ -53,6 +66,7 @@ class WorkerSettings:
     max_faces: int = 16
     inswapper_model: str = ""
     arcface_model: str = ""
+    engine: str = "auto"  # auto | classic | inswapper (see ENGINES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -74,4 +88,5 @@ class WorkerSettings:
             max_faces=int(_num(e, "FACESWAP_MAX_FACES", cls.max_faces, 1, 64)),
             inswapper_model=e.get("FACESWAP_INSWAPPER_MODEL", "").strip(),
             arcface_model=e.get("FACESWAP_ARCFACE_MODEL", "").strip(),
+            engine=_choice(e, "FACESWAP_ENGINE", cls.engine, ENGINES),
         )
