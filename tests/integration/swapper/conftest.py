@@ -17,7 +17,7 @@ from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.service import SERVICE_NAME, SwapperApp
 from services.swapper.settings import Settings
 from tests.integration.swapper.harness import API_KEY, BACKUP, PRIMARY, Harness, MakeSwapper
-from tests.integration.swapper.redis_server import RedisServer
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -102,5 +102,5 @@ async def make_swapper(base_env: dict[str, str], fake_runpod: FakeRunPod) -> Asy
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server of its own on a free loopback port, without persistence."""
-    with RedisServer(tmp_path) as server:
+    with RedisServer(tmp_path, appendonly=False) as server:
         yield server.url

@@ -183,9 +183,9 @@ async def test_resumable_swaps_need_redis(make_swapper: MakeSwapper) -> None:
 
 async def test_redis_down_refuses_a_resumable_swap_before_anything_is_submitted(make_swapper: MakeSwapper,
                                                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.integration.swapper.redis_server import RedisServer
+    from tests.redis_server import RedisServer
 
-    with RedisServer(tmp_path) as server:
+    with RedisServer(tmp_path, appendonly=False) as server:
         harness = await make_swapper(REDIS_URL=server.url)
     reference = await harness.put_reference()
     started = asyncio.get_running_loop().time()

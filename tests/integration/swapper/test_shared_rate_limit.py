@@ -12,10 +12,10 @@ import redis.asyncio as aioredis
 
 from facegen.v1 import common_pb2
 from services.common.redis import RedisSettings, connect
-from services.swapper.ratelimit import EndpointRateLimiter, RateLimitWouldExceedDeadline
 from services.stack.runpod_emulator import JobPlan
+from services.swapper.ratelimit import EndpointRateLimiter, RateLimitWouldExceedDeadline
 from tests.integration.swapper.harness import PRIMARY, MakeSwapper, result_of
-from tests.integration.swapper.redis_server import RedisServer
+from tests.redis_server import RedisServer
 from tests.unit.swapper.test_ratelimit import max_in_any_window
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ async def test_a_slot_past_the_deadline_is_refused_and_not_taken(redis_url: str)
 
 
 async def test_redis_down_falls_back_to_the_process_budget(tmp_path: Path) -> None:
-    with RedisServer(tmp_path) as server:
+    with RedisServer(tmp_path, appendonly=False) as server:
         replica = limiter(server.url)
         await replica.acquire("status")
     started = time.monotonic()
