@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from facegen.v1 import common_pb2 as facegen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65gen/v1/swapper.proto\x12\nfacegen.v1\x1a\x17\x66\x61\x63\x65gen/v1/common.proto\"4\n\x13PutReferenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\"9\n\x14PutReferenceResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\xc5\x01\n\x0bSwapRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bimage_index\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_image\x18\x03 \x01(\x0c\x12\x15\n\rreference_key\x18\x04 \x01(\t\x12(\n\x07options\x18\x05 \x01(\x0b\x32\x17.facegen.v1.SwapOptions\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x12\n\ntarget_key\x18\x07 \x01(\t\x12\x11\n\tresumable\x18\x08 \x01(\x08\"\xce\x01\n\tSwapEvent\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x16.facegen.v1.SwapStoredH\x00\x12.\n\tsubmitted\x18\x02 \x01(\x0b\x32\x19.facegen.v1.SwapSubmittedH\x00\x12\x34\n\rremote_status\x18\x03 \x01(\x0b\x32\x1b.facegen.v1.RemoteJobStatusH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.facegen.v1.SwapResultH\x00\x42\x07\n\x05\x65vent\"\x19\n\nSwapStored\x12\x0b\n\x03key\x18\x01 \x01(\t\"I\n\rSwapSubmitted\x12\x15\n\rremote_job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"\x8c\x02\n\nSwapResult\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12*\n\x06method\x18\x06 \x01(\x0e\x32\x1a.facegen.v1.FaceSwapMethod\x12\x33\n\x0f\x66\x61llback_reason\x18\x07 \x01(\x0e\x32\x1a.facegen.v1.FallbackReason\x12\x18\n\x10\x66\x61llback_message\x18\x08 \x01(\t\x12\x1e\n\x11identity_distance\x18\t \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_identity_distance\"4\n\x15\x43heckReferenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x18\n\x16\x43heckReferenceResponse\"8\n\x11\x43\x61ncelSwapRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bimage_index\x18\x02 \x01(\x05\".\n\x12\x43\x61ncelSwapResponse\x12\x18\n\x10remote_cancelled\x18\x01 \x01(\x08\x32\xc3\x02\n\x0eSwapperService\x12Q\n\x0cPutReference\x12\x1f.facegen.v1.PutReferenceRequest\x1a .facegen.v1.PutReferenceResponse\x12W\n\x0e\x43heckReference\x12!.facegen.v1.CheckReferenceRequest\x1a\".facegen.v1.CheckReferenceResponse\x12\x38\n\x04Swap\x12\x17.facegen.v1.SwapRequest\x1a\x15.facegen.v1.SwapEvent0\x01\x12K\n\nCancelSwap\x12\x1d.facegen.v1.CancelSwapRequest\x1a\x1e.facegen.v1.CancelSwapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63\x65gen/v1/swapper.proto\x12\nfacegen.v1\x1a\x17\x66\x61\x63\x65gen/v1/common.proto\"4\n\x13PutReferenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\"9\n\x14PutReferenceResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\xc5\x01\n\x0bSwapRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bimage_index\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_image\x18\x03 \x01(\x0c\x12\x15\n\rreference_key\x18\x04 \x01(\t\x12(\n\x07options\x18\x05 \x01(\x0b\x32\x17.facegen.v1.SwapOptions\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x12\n\ntarget_key\x18\x07 \x01(\t\x12\x11\n\tresumable\x18\x08 \x01(\x08\"\xce\x01\n\tSwapEvent\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x16.facegen.v1.SwapStoredH\x00\x12.\n\tsubmitted\x18\x02 \x01(\x0b\x32\x19.facegen.v1.SwapSubmittedH\x00\x12\x34\n\rremote_status\x18\x03 \x01(\x0b\x32\x1b.facegen.v1.RemoteJobStatusH\x00\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x16.facegen.v1.SwapResultH\x00\x42\x07\n\x05\x65vent\"\x19\n\nSwapStored\x12\x0b\n\x03key\x18\x01 \x01(\t\"I\n\rSwapSubmitted\x12\x15\n\rremote_job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"\x8c\x02\n\nSwapResult\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12*\n\x06method\x18\x06 \x01(\x0e\x32\x1a.facegen.v1.FaceSwapMethod\x12\x33\n\x0f\x66\x61llback_reason\x18\x07 \x01(\x0e\x32\x1a.facegen.v1.FallbackReason\x12\x18\n\x10\x66\x61llback_message\x18\x08 \x01(\t\x12\x1e\n\x11identity_distance\x18\t \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_identity_distance\"F\n\x10PutTargetRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bimage_index\x18\x02 \x01(\x05\x12\r\n\x05image\x18\x03 \x01(\x0c\" \n\x11PutTargetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"4\n\x15\x43heckReferenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x18\n\x16\x43heckReferenceResponse\"8\n\x11\x43\x61ncelSwapRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bimage_index\x18\x02 \x01(\x05\".\n\x12\x43\x61ncelSwapResponse\x12\x18\n\x10remote_cancelled\x18\x01 \x01(\x08\x32\x8d\x03\n\x0eSwapperService\x12Q\n\x0cPutReference\x12\x1f.facegen.v1.PutReferenceRequest\x1a .facegen.v1.PutReferenceResponse\x12W\n\x0e\x43heckReference\x12!.facegen.v1.CheckReferenceRequest\x1a\".facegen.v1.CheckReferenceResponse\x12H\n\tPutTarget\x12\x1c.facegen.v1.PutTargetRequest\x1a\x1d.facegen.v1.PutTargetResponse\x12\x38\n\x04Swap\x12\x17.facegen.v1.SwapRequest\x1a\x15.facegen.v1.SwapEvent0\x01\x12K\n\nCancelSwap\x12\x1d.facegen.v1.CancelSwapRequest\x1a\x1e.facegen.v1.CancelSwapResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SWAPSUBMITTED']._serialized_end=687
   _globals['_SWAPRESULT']._serialized_start=690
   _globals['_SWAPRESULT']._serialized_end=958
-  _globals['_CHECKREFERENCEREQUEST']._serialized_start=960
-  _globals['_CHECKREFERENCEREQUEST']._serialized_end=1012
-  _globals['_CHECKREFERENCERESPONSE']._serialized_start=1014
-  _globals['_CHECKREFERENCERESPONSE']._serialized_end=1038
-  _globals['_CANCELSWAPREQUEST']._serialized_start=1040
-  _globals['_CANCELSWAPREQUEST']._serialized_end=1096
-  _globals['_CANCELSWAPRESPONSE']._serialized_start=1098
-  _globals['_CANCELSWAPRESPONSE']._serialized_end=1144
-  _globals['_SWAPPERSERVICE']._serialized_start=1147
-  _globals['_SWAPPERSERVICE']._serialized_end=1470
+  _globals['_PUTTARGETREQUEST']._serialized_start=960
+  _globals['_PUTTARGETREQUEST']._serialized_end=1030
+  _globals['_PUTTARGETRESPONSE']._serialized_start=1032
+  _globals['_PUTTARGETRESPONSE']._serialized_end=1064
+  _globals['_CHECKREFERENCEREQUEST']._serialized_start=1066
+  _globals['_CHECKREFERENCEREQUEST']._serialized_end=1118
+  _globals['_CHECKREFERENCERESPONSE']._serialized_start=1120
+  _globals['_CHECKREFERENCERESPONSE']._serialized_end=1144
+  _globals['_CANCELSWAPREQUEST']._serialized_start=1146
+  _globals['_CANCELSWAPREQUEST']._serialized_end=1202
+  _globals['_CANCELSWAPRESPONSE']._serialized_start=1204
+  _globals['_CANCELSWAPRESPONSE']._serialized_end=1250
+  _globals['_SWAPPERSERVICE']._serialized_start=1253
+  _globals['_SWAPPERSERVICE']._serialized_end=1650
 # @@protoc_insertion_point(module_scope)

@@ -92,6 +92,22 @@ class SwapResult(_message.Message):
     identity_distance: float
     def __init__(self, url: _Optional[str] = ..., key: _Optional[str] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[_Union[_common_pb2.FaceSwapMethod, str]] = ..., fallback_reason: _Optional[_Union[_common_pb2.FallbackReason, str]] = ..., fallback_message: _Optional[str] = ..., identity_distance: _Optional[float] = ...) -> None: ...
 
+class PutTargetRequest(_message.Message):
+    __slots__ = ("job_id", "image_index", "image")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    image_index: int
+    image: bytes
+    def __init__(self, job_id: _Optional[str] = ..., image_index: _Optional[int] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class PutTargetResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
 class CheckReferenceRequest(_message.Message):
     __slots__ = ("job_id", "key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class SwapperServiceStub:
                 request_serializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.SerializeToString,
                 response_deserializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.FromString,
                 _registered_method=True)
+        self.PutTarget = channel.unary_unary(
+                '/facegen.v1.SwapperService/PutTarget',
+                request_serializer=facegen_dot_v1_dot_swapper__pb2.PutTargetRequest.SerializeToString,
+                response_deserializer=facegen_dot_v1_dot_swapper__pb2.PutTargetResponse.FromString,
+                _registered_method=True)
         self.Swap = channel.unary_stream(
                 '/facegen.v1.SwapperService/Swap',
                 request_serializer=facegen_dot_v1_dot_swapper__pb2.SwapRequest.SerializeToString,
@@ -71,6 +76,14 @@ class SwapperServiceServicer:
 
     def CheckReference(self, request, context):
         """Answers NOT_FOUND unless the key names a stored reference face.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTarget(self, request, context):
+        """Stores a job's target image (a template photo) as the temporary object
+        that a later Swap of the same job and image reads through target_key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +117,11 @@ def add_SwapperServiceServicer_to_server(servicer, server):
                     servicer.CheckReference,
                     request_deserializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.FromString,
                     response_serializer=facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.SerializeToString,
+            ),
+            'PutTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTarget,
+                    request_deserializer=facegen_dot_v1_dot_swapper__pb2.PutTargetRequest.FromString,
+                    response_serializer=facegen_dot_v1_dot_swapper__pb2.PutTargetResponse.SerializeToString,
             ),
             'Swap': grpc.unary_stream_rpc_method_handler(
                     servicer.Swap,
@@ -171,6 +189,33 @@ class SwapperService:
             '/facegen.v1.SwapperService/CheckReference',
             facegen_dot_v1_dot_swapper__pb2.CheckReferenceRequest.SerializeToString,
             facegen_dot_v1_dot_swapper__pb2.CheckReferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facegen.v1.SwapperService/PutTarget',
+            facegen_dot_v1_dot_swapper__pb2.PutTargetRequest.SerializeToString,
+            facegen_dot_v1_dot_swapper__pb2.PutTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,
