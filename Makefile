@@ -24,10 +24,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The face-swap worker has its own environment: mediapipe 0.10.x needs
 # protobuf < 5 and numpy < 2, which the rest of the project has outgrown.
+# requirements-quality.txt (dlib, for the quality metric) is for tests and the
+# benchmark only: the worker's image installs requirements.txt alone.
 worker-venv: $(WORKER_VENV)/.installed
-$(WORKER_VENV)/.installed: $(WORKER_DIR)/requirements.txt
+$(WORKER_VENV)/.installed: $(WORKER_DIR)/requirements.txt $(WORKER_DIR)/requirements-quality.txt
 	$(PYTHON) -m venv $(WORKER_VENV)
-	$(WORKER_VENV)/bin/pip install -q --disable-pip-version-check -r $(WORKER_DIR)/requirements.txt
+	$(WORKER_VENV)/bin/pip install -q --disable-pip-version-check -r $(WORKER_DIR)/requirements.txt \
+		-r $(WORKER_DIR)/requirements-quality.txt
 	touch $@
 
 # Tiny randomly initialised pipelines, saved with save_pretrained and loaded

@@ -3,6 +3,7 @@
 Every image that enters the system (reference faces, target photos, results
 returned by a face-swap worker) goes through ``inspect_image``: the format is
 one we accept, the byte size, side lengths and pixel count are within limits
+(``services/common/image_limits.py``, the one table of the whole system)
 (checked from the header, before decoding, so a decompression bomb is refused
 without allocating it), and the whole image decodes (so a truncated file is
 refused). ``sanitize`` then applies the EXIF orientation and re-encodes the
@@ -18,18 +19,16 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidInput
+from services.common.image_limits import CALLER_PHOTO, ImageLimits
 
 MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# A multi-picture JPEG (MPO, written by many phones and cameras) is a JPEG whose primary
+# picture comes first; what follows it (another view, a preview) is dropped by ``sanitize``.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
 EXTENSION_BY_MIME = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Size limits for one kind of image."""
-
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_side: int = 12_000
+__all__ = ["EXTENSION_BY_MIME", "MIME_BY_FORMAT", "ImageInfo", "ImageLimits", "inspect_image", "sanitize",
+           "sniff_mime"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ class ImageInfo:
     mime: str
     width: int
     height: int
+    # An MPO: more pictures follow the primary one; ``sanitize`` keeps the primary alone.
+    multi_picture: bool = False
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -53,7 +54,7 @@ def sniff_mime(data: bytes) -> str | None:
     return None
 
 
-def inspect_image(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+def inspect_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -> ImageInfo:
     """Validates ``data`` as a complete JPEG/PNG/WebP within ``limits``.
 
     Raises InvalidInput naming ``field`` and the rule that was broken.
@@ -69,7 +70,8 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = ImageLimits()) 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format or ""
+                fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+                multi_picture = image.format in _FORMAT_ALIASES
                 width, height = image.size
                 _check_dimensions(field, width, height, limits)
                 image.load()
@@ -83,12 +85,16 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = ImageLimits()) 
         raise InvalidInput(f"{field} is truncated or corrupt and cannot be decoded") from None
     if fmt not in MIME_BY_FORMAT:
         raise InvalidInput(f"{field} is {fmt or 'an unknown format'}; allowed: JPEG, PNG, WebP")
-    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height)
+    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height,
+                     multi_picture=multi_picture)
 
 
 def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) -> None:
     if width <= 0 or height <= 0:
         raise InvalidInput(f"{field} has no pixels")
+    if width < limits.min_side or height < limits.min_side:
+        raise InvalidInput(
+            f"{field} is {width}x{height}; each side must be at least {limits.min_side}")
     if width > limits.max_side or height > limits.max_side:
         raise InvalidInput(
             f"{field} is {width}x{height}; each side must be at most {limits.max_side}")
@@ -98,10 +104,11 @@ def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) 
             f"the limit is {limits.max_pixels:,} pixels")
 
 
-def sanitize(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> tuple[bytes, ImageInfo]:
+def sanitize(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -> tuple[bytes, ImageInfo]:
     """Validates ``data``, applies its EXIF orientation and re-encodes it without metadata.
 
-    The format is kept (JPEG and WebP at quality 95, PNG lossless).
+    The format is kept (JPEG and WebP at quality 95, PNG lossless); a multi-picture
+    JPEG becomes a plain JPEG of its primary picture.
     Returns the clean bytes and their info.
     """
     info = inspect_image(data, field, limits)

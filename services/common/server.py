@@ -2,7 +2,7 @@
 
 It adds what every service needs and none should write again: the error
 interceptor, ``grpc.health.v1`` (NOT_SERVING until the service says it is
-ready, NOT_SERVING again as soon as shutdown starts), server reflection,
+ready, NOT_SERVING again as soon as shutdown starts), server reflection (v1 and v1alpha),
 message size limits that fit the largest allowed image, and a graceful stop
 on SIGTERM/SIGINT that lets in-flight streams drain for a grace period.
 """
@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from services.common import logs
 from services.common.config import ServerSettings
 from services.common.interceptor import ErrorMappingInterceptor
+from services.common.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,9 @@ class ServiceServer:
         )
         register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self.server,
-        )
+        enable_reflection(
+            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+            self.server)
         self.port = 0
 
     async def start(self) -> int:

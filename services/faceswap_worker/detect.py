@@ -20,10 +20,15 @@ _EYE_RIGHT = (362, 263)
 _NOSE_TIP = 1
 _MOUTH_LEFT = 61
 _MOUTH_RIGHT = 291
+_CHEEK_LEFT = 234  # the face's widest points, image left and right
+_CHEEK_RIGHT = 454
+YAW_GAIN = 0.68  # the nose tip's shift across the face, in face widths, per tan(yaw)
 KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 # Outer lip contour (mesh indices), used by the mouth mask.
 MOUTH_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+# Inner lip contour, in order: the opening of the mouth (teeth, tongue) lies inside it.
+MOUTH_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 # Face oval (mesh indices), in order around the face.
 FACE_OVAL = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -62,6 +67,25 @@ class Face:
                 m[_MOUTH_RIGHT],
             ]
         ).astype(np.float32)
+
+    def yaw_degrees(self) -> float:
+        """About how far the face is turned left or right (0 = facing the camera), from the mesh.
+
+        The nose tip's place between the two sides of the face (landmarks 234 and 454, by the
+        ears): on a head seen from the front it lies halfway, and it moves out by YAW_GAIN times
+        the face's width times tan(yaw) as the head turns. YAW_GAIN is measured on FaceMesh's own
+        3-D landmarks turned by known angles (within 1° from 0° to 75°). A face in full profile
+        gets a squashed mesh that reads only ~50°.
+        """
+        if self.mesh is None:
+            raise ValueError("face has no landmarks")
+        left, right, nose = self.mesh[_CHEEK_LEFT], self.mesh[_CHEEK_RIGHT], self.mesh[_NOSE_TIP]
+        axis = right - left
+        width = float(np.linalg.norm(axis))
+        if width < 1e-6:
+            return 90.0
+        offset = float(np.dot(nose - left, axis)) / (width * width) - 0.5
+        return float(np.degrees(np.arctan(abs(offset) / YAW_GAIN)))
 
     def to_json(self) -> dict[str, Any]:
         """The face as the detect_faces output describes it (box, confidence, landmarks)."""

@@ -1,17 +1,20 @@
 """The face-swap engine: source face onto target faces, on a CPU, with no downloaded weights.
 
-Classic pipeline per target face:
-1. warp: the source face's texture is mapped onto the target face's geometry with a piecewise
-   affine warp over a Delaunay triangulation of the 468 mesh landmarks (so the result keeps the
-   target's face shape, pose and expression);
-2. colour: in Lab, the warped face's mean and spread move part of the way toward the target
-   face's (``colour_strength``), so the skin tone stays the source's but the lighting meets the
-   target's at the seam;
-3. optional restoration (``use_face_enhancer``) and mouth mask (``mouth_mask``);
-4. blend: a feathered mask that lies strictly inside the target's face hull, so every pixel
+Pipeline per target face (a face under WORK_FACE_PX across is done on an enlarged copy of its
+region and area-averaged back down):
+1. shape: the target's landmarks, with the inner face moved part of the way toward the source's
+   proportions (the outline, pose and expression stay the target's; ``warp.shaped_mesh``);
+2. warp: the source face's texture is mapped onto those landmarks with a piecewise affine warp
+   over a Delaunay triangulation of the 468 mesh landmarks; the mouth's opening stays the target's;
+3. colour: in Lab, the warped face's mean and spread move part of the way toward the target
+   face's (``colour_strength``), then its light is matched to the target's at the border, fading
+   out inside (``blend.match_border_light``);
+4. optional restoration (``use_face_enhancer``) and mouth mask (``mouth_mask``);
+5. blend: a feathered mask that lies strictly inside the target's face hull, so every pixel
    outside the face is left exactly as it was.
 
-An optional ONNX backend (inswapper) replaces step 1 when a model file is configured.
+Faces turned more than MAX_YAW_DEGREES from the camera are not swapped (:func:`unswappable`).
+An optional ONNX backend (inswapper) replaces steps 1–2 when a model file is configured.
 """
 
 from __future__ import annotations
@@ -21,10 +24,21 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
-from services.faceswap_worker.detect import FACE_OVAL, MOUTH_OUTER, Face, FaceDetector
+from services.faceswap_worker.blend import blend_alpha, match_border_light, mouth_alpha, transfer_colour
+from services.faceswap_worker.detect import FACE_OVAL, Face, FaceDetector
 from services.faceswap_worker.enhance import restore_face
+from services.faceswap_worker.region import Roi, face_roi, polygon_mask, upscaled_region, working_scale
+from services.faceswap_worker.warp import (
+    SHAPE_STRENGTH,
+    PiecewiseAffineRenderer,
+    keep_target_mouth_opening,
+    shaped_mesh,
+)
+
+__all__ = ["NoFaceError", "Roi", "SwapEngine", "SwapOptions", "SwapResult", "unswappable"]
+
+MAX_YAW_DEGREES = 45.0  # faces turned further than this from the camera are not swapped
 
 
 class NoFaceError(ValueError):
@@ -51,28 +65,13 @@ class SwapResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Roi:
-    """A rectangle of the target image: rows y0:y1, columns x0:x1."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-
 class FaceRenderer(Protocol):
     """Produces the source face drawn in the target face's place, inside a region of the target."""
 
     name: str
+    # True: it draws onto whatever landmarks it is given, and the engine gives it the target's
+    # reshaped toward the source's; False: it makes its own geometry from the target's.
+    reshapes: bool
 
     def render(
         self, source: np.ndarray, source_face: Face, target: np.ndarray, target_face: Face, roi: Roi
@@ -81,123 +80,66 @@ class FaceRenderer(Protocol):
         ...
 
 
-def face_roi(face: Face, image_shape: tuple[int, ...], pad: float = 0.1) -> Roi:
-    """The bounding rectangle of a face's mesh, padded and clipped to the image."""
-    assert face.mesh is not None
-    x0, y0 = face.mesh.min(axis=0)
-    x1, y1 = face.mesh.max(axis=0)
-    px, py = (x1 - x0) * pad + 2, (y1 - y0) * pad + 2
-    h, w = image_shape[:2]
-    return Roi(
-        int(max(0, np.floor(x0 - px))),
-        int(max(0, np.floor(y0 - py))),
-        int(min(w, np.ceil(x1 + px))),
-        int(min(h, np.ceil(y1 + py))),
-    )
+def unswappable(face: Face) -> str | None:
+    """Why this face cannot be swapped (completing "the face found ..."), or None when it can.
+
+    A face in profile shows one side; its landmarks on the hidden side are guesses, and a frontal
+    face warped onto it (or from it) gives a smear, not the person: it is refused instead.
+    """
+    if face.mesh is None:
+        return "has no usable landmarks"
+    yaw = face.yaw_degrees()
+    if yaw > MAX_YAW_DEGREES:
+        return f"is turned about {yaw:.0f}° from the camera (at most {MAX_YAW_DEGREES:.0f}° can be swapped)"
+    return None
 
 
-def polygon_mask(points: np.ndarray, roi: Roi) -> np.ndarray:
-    """A uint8 0/255 mask of roi.shape filled inside the polygon (image coordinates)."""
-    mask = np.zeros(roi.shape, np.uint8)
-    pts = np.round(points - np.array([roi.x0, roi.y0], np.float32)).astype(np.int32)
-    cv2.fillPoly(mask, [pts], 255)
-    return mask
-
-
-class PiecewiseAffineRenderer:
-    """Warps the source face onto the target's landmarks triangle by triangle (no model weights)."""
-
-    name = "classic"
-
-    def render(
-        self, source: np.ndarray, source_face: Face, target: np.ndarray, target_face: Face, roi: Roi
-    ) -> tuple[np.ndarray, np.ndarray]:
-        assert source_face.mesh is not None and target_face.mesh is not None
-        dst = target_face.mesh.astype(np.float64) - np.array([roi.x0, roi.y0], np.float64)
-        src = source_face.mesh.astype(np.float64)
-        triangles = Delaunay(dst).simplices
-        # One affine map per triangle, from ROI coordinates to source-image coordinates.
-        tri_dst = np.concatenate([dst[triangles], np.ones((len(triangles), 3, 1))], axis=2)  # (K, 3, 3)
-        tri_src = src[triangles]  # (K, 3, 2)
-        valid = np.abs(np.linalg.det(tri_dst)) > 1e-6
-        triangles, tri_dst, tri_src = triangles[valid], tri_dst[valid], tri_src[valid]
-        maps = np.linalg.solve(tri_dst, tri_src)  # (K, 3, 2): [x y 1] @ M = [u v]
-        index = np.full(roi.shape, -1, np.int32)
-        for k, tri in enumerate(dst[triangles]):
-            cv2.fillConvexPoly(index, np.round(tri).astype(np.int32), k)
-        ys, xs = np.nonzero(index >= 0)
-        m = maps[index[ys, xs]]  # (P, 3, 2)
-        map_x = np.full(roi.shape, -1.0, np.float32)
-        map_y = np.full(roi.shape, -1.0, np.float32)
-        map_x[ys, xs] = xs * m[:, 0, 0] + ys * m[:, 1, 0] + m[:, 2, 0]
-        map_y[ys, xs] = xs * m[:, 0, 1] + ys * m[:, 1, 1] + m[:, 2, 1]
-        warped = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        coverage = (index >= 0).astype(np.float32)
-        return warped, coverage
-
-
-def _lab(img: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-
-
-def transfer_colour(face: np.ndarray, reference: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:
-    """Move the face's Lab mean and standard deviation (inside mask) ``strength`` of the way to the reference's."""
-    if strength <= 0:
-        return face
-    sel = mask > 0
-    if sel.sum() < 16:
-        return face
-    f_lab, r_lab = _lab(face), _lab(reference)
-    f_px, r_px = f_lab[sel], r_lab[sel]
-    f_mu, f_sd = f_px.mean(axis=0), f_px.std(axis=0) + 1e-3
-    r_mu, r_sd = r_px.mean(axis=0), r_px.std(axis=0) + 1e-3
-    mu = f_mu + strength * (r_mu - f_mu)
-    sd = f_sd + strength * (r_sd - f_sd)
-    out = (f_lab - f_mu) / f_sd * sd + mu
-    out[..., 0] = np.clip(out[..., 0], 0, 100)
-    rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def blend_alpha(hull: np.ndarray, face_size: float) -> np.ndarray:
-    """A float32 0..1 feathered mask that is zero everywhere outside ``hull`` (uint8 0/255)."""
-    sigma = max(1.0, 0.04 * face_size)
-    inset = int(np.ceil(2.5 * sigma)) + 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * inset + 1, 2 * inset + 1))
-    core = cv2.erode(hull, kernel)
-    alpha = cv2.GaussianBlur(core.astype(np.float32) / 255.0, (0, 0), sigma)
-    alpha[hull == 0] = 0.0
-    return alpha
+def _no_usable_face(label: str, faces: list[Face]) -> str:
+    if not faces:
+        return f"no face found in {label} image"
+    reason = unswappable(max(faces, key=lambda f: f.area))
+    return f"no face found in {label} image that can be swapped: the face found {reason}"
 
 
 class SwapEngine:
     """Detects faces and swaps a source face onto target faces."""
 
-    def __init__(self, detector: FaceDetector | None = None, renderer: FaceRenderer | None = None) -> None:
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        renderer: FaceRenderer | None = None,
+        shape_strength: float = SHAPE_STRENGTH,
+    ) -> None:
         self.detector = detector or FaceDetector()
         self.renderer: FaceRenderer = renderer or PiecewiseAffineRenderer()
+        self.shape_strength = shape_strength  # 0: draw on the target's own landmarks
 
     def source_face(self, source: np.ndarray, label: str = "source") -> Face:
-        """The most prominent face of the source image (largest, with landmarks)."""
+        """The most prominent swappable face of the source image (largest, with landmarks, not in profile)."""
         faces = [f for f in self.detector.detect(source) if f.mesh is not None]
-        if not faces:
-            raise NoFaceError(f"no face found in {label} image")
-        return max(faces, key=lambda f: f.area * f.confidence)
+        usable = [f for f in faces if unswappable(f) is None]
+        if not usable:
+            raise NoFaceError(_no_usable_face(label, faces))
+        return max(usable, key=lambda f: f.area * f.confidence)
 
-    def target_faces(self, target: np.ndarray) -> list[Face]:
-        """Target faces that can be swapped, in detect_faces order."""
+    def target_faces(self, target: np.ndarray) -> tuple[list[Face], int]:
+        """The target faces that can be swapped, in detect_faces order, and how many faces it has."""
         faces = [f for f in self.detector.detect(target) if f.mesh is not None]
-        if not faces:
-            raise NoFaceError("no face found in target image")
-        return faces
+        usable = [f for f in faces if unswappable(f) is None]
+        if not usable:
+            raise NoFaceError(_no_usable_face("target", faces))
+        return usable, len(faces)
 
     def swap(self, source: np.ndarray, target: np.ndarray, options: SwapOptions) -> SwapResult:
-        """Swap the source's face onto the target's largest face (or every face with many_faces)."""
+        """Swap the source's face onto the target's largest face (or every face with many_faces).
+
+        Faces turned too far from the camera are left alone (:func:`unswappable`).
+        """
         src_face = self.source_face(source)
-        faces = self.target_faces(target)
+        faces, total = self.target_faces(target)
         chosen = faces if options.many_faces else [max(faces, key=lambda f: f.area)]
         out = self.paste_all(target, [(source, src_face, f) for f in chosen], options)
-        return SwapResult(out, len(chosen), len(faces))
+        return SwapResult(out, len(chosen), total)
 
     def paste_all(
         self, target: np.ndarray, pairs: list[tuple[np.ndarray, Face, Face]], options: SwapOptions
@@ -217,31 +159,52 @@ class SwapEngine:
         dst_face: Face,
         options: SwapOptions,
     ) -> None:
-        """Swap one face in place in ``out``; ``target`` is the untouched original."""
+        """Swap one face in place in ``out``; ``target`` is the untouched original.
+
+        A face smaller than WORK_FACE_PX across is rendered on an enlarged copy of its region and
+        area-averaged back down (``region.working_scale``).
+        """
         assert dst_face.mesh is not None
         roi = face_roi(dst_face, target.shape)
-        tgt = target[roi.slices]
-        face, coverage = self.renderer.render(source, src_face, target, dst_face, roi)
-        hull = polygon_mask(dst_face.mesh[list(FACE_OVAL)], roi)
-        hull[coverage <= 0.5] = 0
-        face_size = float(np.sqrt(dst_face.area))
-        inner = cv2.erode(hull, np.ones((5, 5), np.uint8))
-        face = transfer_colour(face, tgt, inner, options.colour_strength)
-        if options.use_face_enhancer:
-            face = restore_face(face, inner, face_size)
-        alpha = blend_alpha(hull, face_size)
-        if options.mouth_mask:
-            alpha *= 1.0 - mouth_alpha(dst_face, roi, face_size)
+        scale = working_scale(float(np.sqrt(dst_face.area)))
+        if scale > 1.0:
+            work, work_face, work_roi = upscaled_region(target, dst_face, roi, scale)
+        else:
+            work, work_face, work_roi = target, dst_face, roi
+        face, alpha = self.face_layer(source, src_face, work, work_face, work_roi, options)
+        if scale > 1.0:
+            size = (roi.shape[1], roi.shape[0])
+            face = cv2.resize(face, size, interpolation=cv2.INTER_AREA)
+            alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+            alpha[polygon_mask(dst_face.mesh[list(FACE_OVAL)], roi) == 0] = 0.0  # nothing outside the face
         region = out[roi.slices].astype(np.float32)
         a = alpha[..., None]
         blended = region + a * (face.astype(np.float32) - region)
         out[roi.slices] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
-
-def mouth_alpha(face: Face, roi: Roi, face_size: float) -> np.ndarray:
-    """A feathered 0..1 mask over the target's mouth (lips, a little beyond), to keep it."""
-    assert face.mesh is not None
-    mouth = polygon_mask(face.mesh[list(MOUTH_OUTER)], roi)
-    grow = max(1, int(0.03 * face_size))
-    mouth = cv2.dilate(mouth, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    return cv2.GaussianBlur(mouth.astype(np.float32) / 255.0, (0, 0), max(1.0, 0.02 * face_size))
+    def face_layer(
+        self, source: np.ndarray, src_face: Face, target: np.ndarray, dst_face: Face, roi: Roi, options: SwapOptions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The new face over ``roi`` (RGB uint8) and its blend weight (float32 0..1, zero outside the face)."""
+        assert dst_face.mesh is not None and src_face.mesh is not None
+        tgt = target[roi.slices]
+        face_size = float(np.sqrt(dst_face.area))
+        drawn_on = dst_face
+        if self.renderer.reshapes:
+            mesh = shaped_mesh(dst_face.mesh, src_face.mesh, face_size, self.shape_strength, not options.mouth_mask)
+            drawn_on = Face(dst_face.box, dst_face.confidence, mesh)
+        face, coverage = self.renderer.render(source, src_face, target, drawn_on, roi)
+        if self.renderer.reshapes:
+            assert drawn_on.mesh is not None
+            keep_target_mouth_opening(face, target, dst_face.mesh, drawn_on.mesh, roi)
+        hull = polygon_mask(dst_face.mesh[list(FACE_OVAL)], roi)
+        hull[coverage <= 0.5] = 0
+        inner = cv2.erode(hull, np.ones((5, 5), np.uint8))
+        face = transfer_colour(face, tgt, inner, options.colour_strength)
+        if options.use_face_enhancer:
+            face = restore_face(face, inner, face_size)
+        face = match_border_light(face, tgt, hull, face_size)
+        alpha = blend_alpha(hull, face_size)
+        if options.mouth_mask:
+            alpha *= 1.0 - mouth_alpha(dst_face, roi, face_size)
+        return face, alpha

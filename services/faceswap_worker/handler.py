@@ -168,11 +168,13 @@ _OPTION_KEYS = ("mouth_mask", "use_face_enhancer", "many_faces", "data_uri", "co
 
 
 def build_engine(settings: WorkerSettings) -> SwapEngine:
-    """The classic engine, or the inswapper ONNX backend when FACESWAP_INSWAPPER_MODEL is set."""
+    """The engine FACESWAP_ENGINE chooses: classic, inswapper, or (auto) inswapper when its model is set."""
     from services.faceswap_worker.detect import FaceDetector
 
+    if settings.engine == "inswapper" and not settings.inswapper_model:
+        raise ValueError("FACESWAP_ENGINE=inswapper needs FACESWAP_INSWAPPER_MODEL and FACESWAP_ARCFACE_MODEL")
     detector = FaceDetector(max_faces=settings.max_faces)
-    if settings.inswapper_model:
+    if settings.engine != "classic" and settings.inswapper_model:
         from services.faceswap_worker.inswapper import InswapperRenderer
 
         return SwapEngine(detector, InswapperRenderer(settings.inswapper_model, settings.arcface_model))

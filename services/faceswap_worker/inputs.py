@@ -161,8 +161,9 @@ def image_size(data: bytes, field: str, settings: WorkerSettings) -> tuple[int, 
             width, height = img.size
     except Exception as exc:
         raise InputError(f"{field} is not a valid {fmt} image") from exc
-    if width < 16 or height < 16:
-        raise InputError(f"{field} is too small: {width}x{height} pixels (minimum 16x16)")
+    if width < settings.min_side or height < settings.min_side:
+        raise InputError(
+            f"{field} is too small: {width}x{height} pixels (minimum {settings.min_side}x{settings.min_side})")
     if width > settings.max_side or height > settings.max_side or width * height > settings.max_pixels:
         raise InputError(
             f"{field} is too large: {width}x{height} pixels (limit {settings.max_side} per side, "

@@ -1,16 +1,23 @@
 """Optional ONNX backend: insightface's inswapper (128×128) with an ArcFace recogniser for the source identity.
 
-Used only when FACESWAP_INSWAPPER_MODEL (and FACESWAP_ARCFACE_MODEL) name model files; no weights
-ship with the project and nothing is downloaded. onnxruntime is imported only here.
+Used when FACESWAP_INSWAPPER_MODEL and FACESWAP_ARCFACE_MODEL name model files (and FACESWAP_ENGINE
+is not ``classic``); no weights ship with the project and nothing is downloaded. onnxruntime is
+imported only here. The steps follow insightface's ``INSwapper.get``: the target face aligned to the
+128×128 template (five keypoints, least-squares similarity), the source identity as the ArcFace
+embedding (112×112 crop, (x − 127.5) / 127.5) projected by the model's ``emap`` and normalised, the
+model run, and its 128×128 face warped back; the engine then pastes it inside the face oval only.
 """
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
+from skimage.transform import SimilarityTransform
 
 from services.faceswap_worker.detect import Face
-from services.faceswap_worker.engine import Roi
+from services.faceswap_worker.region import Roi
 
 # ArcFace's five-point template for a 112×112 crop (insightface.utils.face_align.arcface_dst).
 ARCFACE_TEMPLATE = np.array(
@@ -26,16 +33,19 @@ def alignment_matrix(keypoints: np.ndarray, size: int) -> np.ndarray:
     else:
         template = ARCFACE_TEMPLATE * (size / 128.0)
         template[:, 0] += 8.0 * (size / 128.0)
-    matrix, _ = cv2.estimateAffinePartial2D(keypoints.astype(np.float32), template, method=cv2.LMEDS)
-    if matrix is None:
+    # A least-squares similarity over the five points, as insightface's estimate_norm computes it
+    # (skimage's SimilarityTransform), so crops match what the models were trained on.
+    transform = SimilarityTransform()
+    if not transform.estimate(keypoints.astype(np.float64), template.astype(np.float64)):
         raise ValueError("could not align the face")
-    return matrix.astype(np.float32)
+    return np.asarray(transform.params[:2], np.float32)
 
 
 class InswapperRenderer:
     """Renders the source identity onto the target face with an inswapper ONNX model."""
 
     name = "inswapper"
+    reshapes = False  # the model makes the face's geometry itself, from the target's crop
 
     def __init__(self, model_path: str, arcface_path: str) -> None:
         try:
@@ -46,7 +56,11 @@ class InswapperRenderer:
             raise RuntimeError("FACESWAP_INSWAPPER_MODEL is set but onnxruntime/onnx are not installed") from exc
         if not arcface_path:
             raise ValueError("FACESWAP_ARCFACE_MODEL is required with FACESWAP_INSWAPPER_MODEL")
-        providers = ["CPUExecutionProvider"]
+        for name, path in (("FACESWAP_INSWAPPER_MODEL", model_path), ("FACESWAP_ARCFACE_MODEL", arcface_path)):
+            if not os.path.isfile(path):
+                raise ValueError(f"{name}: no model file at {path}")
+        # CUDA when the image has onnxruntime-gpu and a GPU (the pinned onnxruntime is CPU-only).
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self._swapper = ort.InferenceSession(model_path, providers=providers)
         self._recogniser = ort.InferenceSession(arcface_path, providers=providers)
         # The identity projection is the model's last initializer (as insightface reads it).

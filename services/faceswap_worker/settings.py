@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The system's one image-limit table; standard library only, so it imports here (see its docstring).
+from services.common.image_limits import STORED_IMAGE
+
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
@@ -31,13 +34,27 @@ def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+# FACESWAP_ENGINE: auto = inswapper when FACESWAP_INSWAPPER_MODEL is set, else classic.
+ENGINES = ("auto", "classic", "inswapper")
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Limits and switches of the face-swap handler."""
 
-    max_input_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_side: int = 10_000
+    max_input_bytes: int = STORED_IMAGE.max_bytes
+    max_pixels: int = STORED_IMAGE.max_pixels
+    max_side: int = STORED_IMAGE.max_side
+    min_side: int = STORED_IMAGE.min_side
     connect_timeout_s: float = 5.0
     download_timeout_s: float = 20.0
     max_redirects: int = 3
@@ -49,6 +66,7 @@ class WorkerSettings:
     max_faces: int = 16
     inswapper_model: str = ""
     arcface_model: str = ""
+    engine: str = "auto"  # auto | classic | inswapper (see ENGINES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -70,4 +88,5 @@ class WorkerSettings:
             max_faces=int(_num(e, "FACESWAP_MAX_FACES", cls.max_faces, 1, 64)),
             inswapper_model=e.get("FACESWAP_INSWAPPER_MODEL", "").strip(),
             arcface_model=e.get("FACESWAP_ARCFACE_MODEL", "").strip(),
+            engine=_choice(e, "FACESWAP_ENGINE", cls.engine, ENGINES),
         )

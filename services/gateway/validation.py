@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2
-from services.common.config import MAX_MESSAGE_BYTES, MiB
 from services.common.errors import InvalidInput
-from services.common.images import ImageLimits, sanitize
+from services.common.image_limits import CALLER_PHOTO, STORED_IMAGE
+from services.common.images import sanitize
 
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -28,10 +28,10 @@ MAX_LORA_WEIGHT = 2.0
 MAX_NAME_CHARS = 200
 MAX_KEY_CHARS = 512
 MAX_PREVIEW_EVERY = MAX_STEPS
-IMAGE_LIMITS = ImageLimits(max_bytes=10 * MiB, max_pixels=40_000_000)
-# Re-encoding without metadata can make an image bigger (a lossy WebP is re-encoded
-# losslessly); it must still fit in one message to the swapper.
-MAX_CLEAN_BYTES = MAX_MESSAGE_BYTES - MiB
+IMAGE_LIMITS = CALLER_PHOTO
+# Re-encoding without metadata can make an image bigger; the swapper (and the worker)
+# must still accept it.
+MAX_CLEAN_BYTES = STORED_IMAGE.max_bytes
 
 
 @dataclass
@@ -120,13 +120,8 @@ def _check_generation(request: gateway_pb2.JobRequest) -> generator_pb2.Generate
     if not 0 <= request.preview_every <= MAX_PREVIEW_EVERY:
         raise _range_error("preview_every", f"0..{MAX_PREVIEW_EVERY} (0 = no previews)",
                            request.preview_every)
-    if request.HasField("lora") and request.lora.name:
-        if len(request.lora.name) > MAX_NAME_CHARS:
-            raise _range_error("lora.name", f"at most {MAX_NAME_CHARS} characters",
-                               f"{len(request.lora.name)} characters")
-        weight = request.lora.weight
-        if not math.isfinite(weight) or not 0.0 <= weight <= MAX_LORA_WEIGHT:
-            raise _range_error("lora.weight", f"0..{MAX_LORA_WEIGHT:g}", weight)
+    if request.HasField("lora"):
+        _check_lora(request.lora)
     generate = generator_pb2.GenerateRequest(
         model=request.model,
         prompt=prompt,
@@ -141,9 +136,21 @@ def _check_generation(request: gateway_pb2.JobRequest) -> generator_pb2.Generate
         generate.guidance_scale = request.guidance_scale
     if request.HasField("seed"):
         generate.seed = request.seed
-    if request.HasField("lora") and request.lora.name:
+    if request.HasField("lora") and request.lora.name.strip():
         generate.lora.CopyFrom(request.lora)
     return generate
+
+
+def _check_lora(lora: common_pb2.LoraSpec) -> None:
+    if lora.HasField("weight"):
+        weight = lora.weight
+        if not math.isfinite(weight) or not 0.0 <= weight <= MAX_LORA_WEIGHT:
+            raise _range_error("lora.weight", f"0..{MAX_LORA_WEIGHT:g}", weight)
+        if not lora.name.strip():
+            raise InvalidInput("lora.name is empty but lora.weight is set; name a LoRA from the "
+                               "model's catalog (see ListModels) or leave the weight unset")
+    if len(lora.name) > MAX_NAME_CHARS:
+        raise _range_error("lora.name", f"at most {MAX_NAME_CHARS} characters", f"{len(lora.name)} characters")
 
 
 class RequestValidator:

@@ -128,8 +128,16 @@ def _size(field: str, value: int, model: ModelSpec) -> int:
 
 
 def _lora(request: generator_pb2.GenerateRequest, model: ModelSpec, catalog: Catalog) -> LoraChoice | None:
+    weighted = request.lora.HasField("weight")
+    weight = request.lora.weight
+    # A bad number is INVALID_ARGUMENT whatever the name, like every other bad number.
+    if weighted and (not math.isfinite(weight) or not 0.0 <= weight <= LORA_MAX_WEIGHT):
+        raise InvalidInput(f"lora.weight={weight} is out of range: 0 to {LORA_MAX_WEIGHT}")
     name = request.lora.name.strip()
     if not name:
+        if weighted:
+            raise InvalidInput("lora.name is empty but lora.weight is set; name a LoRA from the "
+                               "model's catalog (see ListModels) or leave the weight unset")
         return None
     entry = catalog.loras.get(name)
     if entry is None:
@@ -137,7 +145,4 @@ def _lora(request: generator_pb2.GenerateRequest, model: ModelSpec, catalog: Cat
         raise NotFound(f"lora {name!r} is not in the catalog; available for {model.name}: {known}")
     if model.name not in entry.models:
         raise InvalidInput(f"lora {name!r} does not fit model {model.name}; it fits {', '.join(entry.models)}")
-    weight = request.lora.weight
-    if not math.isfinite(weight) or not 0.0 <= weight <= LORA_MAX_WEIGHT:
-        raise InvalidInput(f"lora.weight={weight} is out of range: 0 to {LORA_MAX_WEIGHT}")
-    return LoraChoice(name=name, weight=weight if request.lora.HasField("weight") else entry.default_weight)
+    return LoraChoice(name=name, weight=weight if weighted else entry.default_weight)

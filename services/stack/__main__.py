@@ -1,11 +1,19 @@
-"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running."""
+"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running.
+
+Ctrl-C, SIGTERM (docker stop, systemd, CI) and SIGHUP (the terminal closed)
+all stop every process the stack started. The services run in their own
+sessions, so no signal reaches them except through ``LocalStack.stop``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 from services.cli.main import EXIT_FALLBACK, EXIT_OK
 from services.cli.main import main as facegen
@@ -36,6 +44,8 @@ def demo(out_dir: Path) -> int:
         first = facegen(["--gateway", gateway, "run", "--prompt", PROMPT, "--seed", "42",
                          "--reference", str(reference), "--out", str(out_dir)])
 
+        if _stopping.is_set():  # the CLI turned the interrupt into a cancelled job 1
+            return 130
         print("\n== Job 2: template photo (astronaut) + reference face (Grace Hopper) ==", flush=True)
         second = facegen(["--gateway", gateway, "run", "--prompt", "template swap", "--reference",
                           str(reference), "--target", str(template), "--out", str(out_dir)])
@@ -46,15 +56,15 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up() -> int:
-    """Starts the stack and keeps it running until Ctrl-C."""
-    run_dir = _run_dir()
+def up(run_dir: Path) -> int:
+    """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
     with LocalStack(run_dir) as stack:
         assert stack.addresses is not None
         a = stack.addresses
         print(f"gateway   {a.gateway}\ngenerator {a.generator}\nswapper   {a.swapper}\n"
               f"s3        {a.s3}\nrunpod    {a.runpod}\nlogs      {run_dir}\n"
-              f"try: facegen --gateway {a.gateway} health\nCtrl-C stops everything.", flush=True)
+              f"try: facegen --gateway {a.gateway} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
+              flush=True)
         try:
             while all(service.running for service in stack.services.values()):
                 time.sleep(1)
@@ -64,16 +74,36 @@ def up() -> int:
             return 0
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stopping = threading.Event()
+
+
+def _stop_like_ctrl_c(signum: int, _frame: FrameType | None) -> None:
+    """Raises KeyboardInterrupt once, so that each ``with LocalStack`` stops what it started.
+
+    Later signals are ignored: interrupting the stop would leave processes running,
+    and the stop itself is bounded (SIGKILL after each service's grace period).
+    """
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    logs_line(f"{signal.Signals(signum).name}: stopping the stack")
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     """Entry point."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_like_ctrl_c)
     parser = argparse.ArgumentParser(prog="python -m services.stack")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run two jobs end to end").add_argument(
         "--out", type=Path, default=REPO_ROOT / "out")
-    commands.add_parser("up", help="start the stack and keep it running")
+    commands.add_parser("up", help="start the stack and keep it running").add_argument(
+        "--run-dir", type=Path, default=None, help="where the service logs go (default: run/<timestamp>)")
     args = parser.parse_args()
     try:
-        return demo(args.out) if args.command == "demo" else up()
+        return demo(args.out) if args.command == "demo" else up(args.run_dir or _run_dir())
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1

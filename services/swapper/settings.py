@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from services.common.config import ConfigError, Env, MiB, ServerSettings
-from services.common.images import ImageLimits
+from services.common.image_limits import STORED_IMAGE, SWAP_RESULT, ImageLimits
 
 DEFAULT_LISTEN = "127.0.0.1:50053"
 DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
@@ -109,10 +109,11 @@ class Settings:
             storage=storage,
             runpod=runpod,
             target_limits=ImageLimits(
-                max_bytes=env.get_int("SWAPPER_MAX_IMAGE_BYTES", 20 * MiB, minimum=1024,
+                max_bytes=env.get_int("SWAPPER_MAX_IMAGE_BYTES", STORED_IMAGE.max_bytes, minimum=1024,
                                       maximum=512 * MiB),
-                max_pixels=env.get_int("SWAPPER_MAX_IMAGE_PIXELS", 40_000_000, minimum=64),
-                max_side=env.get_int("SWAPPER_MAX_IMAGE_SIDE", 12_000, minimum=8)),
+                max_pixels=env.get_int("SWAPPER_MAX_IMAGE_PIXELS", STORED_IMAGE.max_pixels, minimum=64),
+                max_side=env.get_int("SWAPPER_MAX_IMAGE_SIDE", STORED_IMAGE.max_side, minimum=8),
+                min_side=STORED_IMAGE.min_side),
             http_threads=env.get_int("SWAPPER_HTTP_THREADS", 256, minimum=4, maximum=4096),
             storage_threads=env.get_int("SWAPPER_STORAGE_THREADS", 32, minimum=2, maximum=1024),
             max_in_flight=env.get_int("SWAPPER_MAX_IN_FLIGHT", 512, minimum=1, maximum=100_000),
@@ -217,8 +218,9 @@ def _runpod_from_env(env: Env) -> RunPodSettings:
         download_timeout_s=env.get_float("FACE_SWAP_DOWNLOAD_TIMEOUT_SECONDS", 30.0, minimum=0.1,
                                          maximum=600),
         result_limits=ImageLimits(
-            max_bytes=env.get_int("FACE_SWAP_RESULT_MAX_BYTES", 25 * MiB, minimum=1024,
+            max_bytes=env.get_int("FACE_SWAP_RESULT_MAX_BYTES", SWAP_RESULT.max_bytes, minimum=1024,
                                   maximum=512 * MiB),
-            max_pixels=env.get_int("FACE_SWAP_RESULT_MAX_PIXELS", 40_000_000, minimum=64),
-            max_side=env.get_int("FACE_SWAP_RESULT_MAX_SIDE", 8192, minimum=8)),
+            max_pixels=env.get_int("FACE_SWAP_RESULT_MAX_PIXELS", SWAP_RESULT.max_pixels, minimum=64),
+            max_side=env.get_int("FACE_SWAP_RESULT_MAX_SIDE", SWAP_RESULT.max_side, minimum=8),
+            min_side=SWAP_RESULT.min_side),
     )

@@ -52,12 +52,12 @@ class CheckedImage:
 
 
 def check_image(data: bytes, field: str, limits: ImageLimits) -> CheckedImage:
-    """Validates an image; re-encodes it without metadata only when it carries some."""
+    """Validates an image; re-encodes it only when it carries metadata or more than one picture."""
     info = inspect_image(data, field, limits)
     with Image.open(io.BytesIO(data)) as image:
         text = getattr(image, "text", None)
         has_metadata = any(key in image.info for key in _PERSONAL_METADATA) or bool(text)
-    if has_metadata:
+    if has_metadata or info.multi_picture:
         clean, info = sanitize(data, field, limits)
         return CheckedImage(clean, info)
     return CheckedImage(data, info)

@@ -4,11 +4,15 @@ The tests share one stack and run in file order; the ones that break a
 service (endpoint down, storage stopped) come last.
 """
 
+import contextlib
 import io
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -20,6 +24,7 @@ from PIL import Image
 
 from facegen.v1 import common_pb2, gateway_pb2
 from services.common.images import sniff_mime
+from services.stack.launcher import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -231,6 +236,52 @@ def test_stopping_the_stack_leaves_no_process_behind(stack) -> None:
     stack.stop()
     leftovers = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) in groups]
     assert not leftovers
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_stack_up_stops_everything_on_each_signal(sig: signal.Signals, tmp_path) -> None:
+    # Runs after the shared stack was stopped above, so that two stacks never compete for the cores.
+    up = subprocess.Popen([sys.executable, "-m", "services.stack", "up", "--run-dir", str(tmp_path / "run")],
+                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    started: list[psutil.Process] = []
+    try:
+        _wait_for_line(up, "stops everything", within_s=360)
+        started = psutil.Process(up.pid).children(recursive=True)
+        groups = {p.pid for p in psutil.Process(up.pid).children()}
+        assert len(groups) == 5, "one process group per service"
+        up.send_signal(sig)
+        code = up.wait(60)
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert not alive, f"left running after {sig.name}: {[p.pid for p in alive]}"
+        assert not [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) in groups]
+        assert code == 0
+    finally:  # whatever the outcome, leave nothing running for the next test
+        if up.poll() is None:
+            up.kill()
+        for process in started:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        up.wait()
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, within_s: float) -> None:
+    """Reads ``process``'s stdout until a line contains ``needle``; fails if it exits or the time runs out."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + within_s
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line is not None, f"the stack exited with {process.wait()} before printing {needle!r}"
+        if needle in line:
+            return
 
 
 def _pgid(pid: int) -> int | None:

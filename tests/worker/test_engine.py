@@ -1,4 +1,4 @@
-"""The engine on real public-domain photos (scikit-image's astronaut, matplotlib's Grace Hopper)."""
+"""The engine on real photos (scikit-image's astronaut and cameraman, matplotlib's Grace Hopper)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
+from services.faceswap_worker import samples
 from services.faceswap_worker.detect import FACE_OVAL, MOUTH_OUTER, Face, order_faces
-from services.faceswap_worker.engine import NoFaceError, SwapEngine, SwapOptions
+from services.faceswap_worker.engine import MAX_YAW_DEGREES, NoFaceError, SwapEngine, SwapOptions
+from services.faceswap_worker.warp import LIPS, shaped_mesh
 
 pytestmark = pytest.mark.unit
 
@@ -94,14 +96,16 @@ def test_swap_keeps_target_geometry_moves_colour_to_source_and_leaves_the_rest(
     assert np.array_equal(out[outside], target[outside])
     assert not np.array_equal(out[hull > 0], target[hull > 0])
 
-    # Landmark geometry stays the target's: far closer to it than the source face's own shape is.
+    # The outline stays the target's, far closer to it than the source face's own outline is (the
+    # inner face moves toward the source's proportions: test_shaping_moves_the_inner_face_only).
     size = np.sqrt(tgt_face.area)
-    err_out = np.linalg.norm(out_face.mesh - tgt_face.mesh, axis=1).mean() / size
     matrix, _ = cv2.estimateAffinePartial2D(src_face.mesh, tgt_face.mesh)
     src_aligned = cv2.transform(src_face.mesh[None], matrix)[0]
-    err_src = np.linalg.norm(src_aligned - tgt_face.mesh, axis=1).mean() / size
-    assert err_out < 0.04
-    assert err_out < 0.5 * err_src
+    oval = list(FACE_OVAL)
+    err_out = np.linalg.norm(out_face.mesh[oval] - tgt_face.mesh[oval], axis=1).mean() / size
+    err_src = np.linalg.norm(src_aligned[oval] - tgt_face.mesh[oval], axis=1).mean() / size
+    assert err_out < 0.05
+    assert err_out < 0.65 * err_src
 
     # Colour statistics of the face move toward the source's.
     inner = cv2.erode(hull, np.ones((9, 9), np.uint8))
@@ -177,3 +181,58 @@ def test_no_face_errors_name_the_image(engine: SwapEngine, astronaut: np.ndarray
         engine.swap(blank, astronaut, SwapOptions())
     with pytest.raises(NoFaceError, match="no face found in target image"):
         engine.swap(astronaut, blank, SwapOptions())
+
+
+def test_shaping_moves_the_inner_face_only(engine: SwapEngine, astronaut: np.ndarray,
+                                           grace_hopper: np.ndarray) -> None:
+    target, source = _face(engine, astronaut), _face(engine, grace_hopper)
+    assert target.mesh is not None and source.mesh is not None
+    size = float(np.sqrt(target.area))
+    shaped = shaped_mesh(target.mesh, source.mesh, size, strength=0.6)
+    matrix, _ = cv2.estimateAffinePartial2D(source.mesh, target.mesh)
+    aligned = cv2.transform(source.mesh[None], matrix)[0]
+    oval, lips = list(FACE_OVAL), list(LIPS)
+    # The outline does not move; the eyes, brows and nose go part of the way to the source's.
+    assert np.array_equal(shaped[oval], target.mesh[oval])
+    middle = [33, 133, 362, 263, 1, 105, 334]  # eye corners, nose tip, brows: well inside the face
+    before = np.linalg.norm(target.mesh[middle] - aligned[middle], axis=1)
+    after = np.linalg.norm(shaped[middle] - aligned[middle], axis=1)
+    assert np.allclose(after, 0.4 * before, atol=0.01 * size)
+    # The lips keep the target's shape (moved and scaled as one piece), or stay put.
+    centred = shaped[lips] - shaped[lips].mean(axis=0)
+    original = target.mesh[lips] - target.mesh[lips].mean(axis=0)
+    scale = np.linalg.norm(centred) / np.linalg.norm(original)
+    assert np.allclose(centred, scale * original, atol=1e-3 * size)
+    kept = shaped_mesh(target.mesh, source.mesh, size, strength=0.6, move_lips=False)
+    assert np.array_equal(kept[lips], target.mesh[lips])
+    assert np.array_equal(shaped_mesh(target.mesh, source.mesh, size, strength=0.0), target.mesh)
+
+
+def test_faces_turned_too_far_are_refused_with_the_reason(engine: SwapEngine, astronaut: np.ndarray) -> None:
+    profile = samples.cameraman()  # a man filming, in profile (his mesh, squashed, reads ~53°)
+    face = _face(engine, profile)
+    assert face.yaw_degrees() > MAX_YAW_DEGREES
+    assert _face(engine, astronaut).yaw_degrees() < 15
+    reason = r"that can be swapped: the face found is turned about \d+° from the camera \(at most 45° can be swapped\)"
+    with pytest.raises(NoFaceError, match="no face found in source image " + reason):
+        engine.swap(profile, astronaut, SwapOptions())
+    with pytest.raises(NoFaceError, match="no face found in target image " + reason):
+        engine.swap(astronaut, profile, SwapOptions())
+
+
+def test_yaw_estimate_follows_a_head_turned_by_known_angles(astronaut: np.ndarray) -> None:
+    # FaceMesh's own 3-D landmarks of a frontal face, turned about the vertical axis and projected:
+    # the estimate from the 2-D landmarks must give back the angle.
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+        found = mesh.process(astronaut).multi_face_landmarks
+    assert found
+    h, w = astronaut.shape[:2]
+    points = np.array([(p.x * w, p.y * h, p.z * w) for p in found[0].landmark])[:468]
+    points -= points.mean(axis=0)
+    for degrees in (0, 15, 30, 45, 60):
+        t = np.radians(degrees)
+        turn = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+        face = Face((0.0, 0.0, 100.0, 100.0), 1.0, (points @ turn.T)[:, :2].astype(np.float32))
+        assert abs(face.yaw_degrees() - degrees) < 4.0, degrees

@@ -157,6 +157,36 @@ def test_images_are_validated_before_decoding() -> None:
         decode_image(buf.getvalue(), "target_file", LOCAL)
 
 
+def test_the_limits_come_from_the_shared_table_and_hold_at_their_edges() -> None:
+    from services.common.image_limits import STORED_IMAGE
+
+    defaults = WorkerSettings()
+    assert (defaults.max_input_bytes, defaults.max_pixels, defaults.max_side, defaults.min_side) == (
+        STORED_IMAGE.max_bytes, STORED_IMAGE.max_pixels, STORED_IMAGE.max_side, STORED_IMAGE.min_side)
+    settings = WorkerSettings.from_env({})
+    assert (settings.max_input_bytes, settings.max_pixels, settings.max_side, settings.min_side) == (
+        STORED_IMAGE.max_bytes, STORED_IMAGE.max_pixels, STORED_IMAGE.max_side, STORED_IMAGE.min_side)
+    edge, side = STORED_IMAGE.min_side, STORED_IMAGE.max_side
+    for width, height in ((edge, edge), (side, edge)):
+        buf = io.BytesIO()
+        Image.new("RGB", (width, height)).save(buf, "PNG")
+        assert decode_image(buf.getvalue(), "target_file", LOCAL).shape == (height, width, 3)
+    with pytest.raises(InputError, match=f"too small: {edge - 1}x{edge} pixels"):
+        buf = io.BytesIO()
+        Image.new("RGB", (edge - 1, edge)).save(buf, "PNG")
+        decode_image(buf.getvalue(), "target_file", LOCAL)
+    with pytest.raises(InputError, match=f"too large: {side + 1}x{edge} pixels"):
+        decode_image(_png_header(side + 1, edge), "target_file", LOCAL)
+
+
+def test_a_multi_picture_jpeg_decodes_to_its_primary_picture() -> None:
+    from tests.unit.gateway.sample_images import PRIMARY_RGB, multi_picture_jpeg
+
+    rgb = decode_image(multi_picture_jpeg(), "source_file", LOCAL)
+    assert rgb.shape == (48, 64, 3)
+    assert abs(rgb.reshape(-1, 3).mean(axis=0) - PRIMARY_RGB).max() < 12
+
+
 def test_exif_orientation_is_applied() -> None:
     img = Image.new("RGB", (64, 32), (200, 10, 10))
     exif = Image.Exif()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import io
+import logging
 import os
 import signal
 import time
@@ -18,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from facegen.v1 import common_pb2, generator_pb2
+from services.common import logs
 from services.generator.catalog import load_catalog
 from services.generator.device import Device
 from services.generator.device_process import ProcessRunner
@@ -113,6 +117,10 @@ async def test_random_seed_is_reported_and_reproduces_the_image(start_generator:
     ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty"),
     ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "model 'nope' is not in the catalog"),
     ({"lora": common_pb2.LoraSpec(name="nope")}, grpc.StatusCode.NOT_FOUND, "lora 'nope' is not in the catalog"),
+    ({"lora": common_pb2.LoraSpec(name="", weight=1.0)}, grpc.StatusCode.INVALID_ARGUMENT,
+     "lora.name is empty but lora.weight is set"),
+    ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=float("nan"))}, grpc.StatusCode.INVALID_ARGUMENT,
+     "lora.weight=nan is out of range"),
 ])
 async def test_invalid_settings_are_refused_before_queueing(start_generator: Starter, fields: dict[str, Any],
                                                             code: grpc.StatusCode, message: str) -> None:
@@ -160,6 +168,53 @@ async def test_queue_positions_and_queue_full(start_generator: Starter) -> None:
         rest = [event async for event in third]
         assert kinds(rest) == ["step"] * 4 + ["image", "done"]
         assert rest[-2].image.seed == 3
+
+
+async def test_cancelling_fifty_queued_jobs_at_once_ends_each_cancelled_without_an_error_line(
+        start_generator: Starter, caplog: pytest.LogCaptureFixture) -> None:
+    async with start_generator(GENERATOR_QUEUE_SIZE="64", GENERATOR_MAX_BATCH="1",
+                               GENERATOR_BATCH_WINDOW_MS="0") as gen:
+        busy = gen.stub.Generate(generator_pb2.GenerateRequest(prompt="busy", width=512, height=512, steps=50))
+        await next_event(busy, "step")
+        calls = [gen.stub.Generate(generator_pb2.GenerateRequest(prompt=f"queued {i}", job_id=f"queued-{i}",
+                                                                 **SMALL)) for i in range(50)]
+        for call in calls:
+            await next_event(call, "queued")
+        engine = gen.app.engine
+        assert engine._batcher.waiting == 50
+        caplog.clear()
+        caplog.handler.addFilter(lambda record: setattr(record, "job_id", logs.job_id_var.get()) or True)
+        with caplog.at_level(logging.INFO):
+            for call in calls:
+                call.cancel()
+            codes = [await call.code() for call in calls]
+            await wait_until(lambda: engine._batcher.waiting == 0)
+            await wait_until(lambda: len(_cancel_lines(caplog)) == 50)
+            # Abandoned handler generators are finalised by the garbage collector, in a new task
+            # and context: collect now, and let any task that creates run, so that what it logs is seen.
+            gc.collect()
+            await _let_finalisers_run()
+            gc.collect()
+            records = list(caplog.records)  # before the busy job's own cancellation is logged
+        busy.cancel()
+    assert codes == [grpc.StatusCode.CANCELLED] * 50
+    cancelled = [r for r in records if "event=generate.cancelled" in r.getMessage()]
+    assert sorted(r.job_id for r in cancelled) == sorted(f"queued-{i}" for i in range(50))
+    assert all("where=queue" in r.getMessage() for r in cancelled)
+    errors = [f"{r.name}: {r.getMessage()}" for r in records if r.levelno >= logging.ERROR]
+    assert not errors
+
+
+def _cancel_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "event=generate.cancelled" in r.getMessage()]
+
+
+async def _let_finalisers_run() -> None:
+    """Waits for the ``aclose()`` tasks that asyncio creates for async generators the garbage collector found."""
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        if "aclose" in repr(task.get_coro()):
+            with contextlib.suppress(Exception):
+                await task
 
 
 async def test_compatible_requests_share_a_batch_and_match_their_single_runs(start_generator: Starter) -> None:

@@ -7,6 +7,7 @@ from PIL import Image
 
 from services.common.errors import InvalidInput
 from services.common.images import ImageLimits, inspect_image, sanitize, sniff_mime
+from tests.unit.gateway import sample_images as images
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +92,14 @@ def test_sanitize_drops_png_text_and_icc_profile() -> None:
     assert b"Jane Secret" not in clean
     with Image.open(io.BytesIO(clean)) as image:
         assert "icc_profile" not in image.info and not image.text
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg_and_sanitising_keeps_only_its_primary_picture() -> None:
+    data = images.multi_picture_jpeg()
+    info = inspect_image(data, "reference_image")
+    assert (info.format, info.mime, info.width, info.height) == ("JPEG", "image/jpeg", 64, 48)
+    assert info.multi_picture
+    assert not inspect_image(_encode(_photo(), "JPEG"), "reference_image").multi_picture
+    clean, clean_info = sanitize(data, "reference_image")
+    assert (clean_info.format, clean_info.mime) == ("JPEG", "image/jpeg") and not clean_info.multi_picture
+    images.assert_plain_jpeg_of_the_primary_picture(clean)

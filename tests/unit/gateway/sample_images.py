@@ -38,3 +38,26 @@ def gif() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (16, 16)).save(out, "GIF")
     return out.getvalue()
+
+
+PRIMARY_RGB = (200, 30, 30)
+
+
+def multi_picture_jpeg(width: int = 64, height: int = 48) -> bytes:
+    """An MPO (what many phones write): a red primary JPEG followed by a green second picture."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), PRIMARY_RGB).save(
+        out, "MPO", save_all=True, append_images=[Image.new("RGB", (width, height), (30, 200, 30))])
+    data = out.getvalue()
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.format == "MPO" and check.n_frames == 2
+    return data
+
+
+def assert_plain_jpeg_of_the_primary_picture(data: bytes) -> None:
+    """``data`` is a single-picture JPEG whose pixels are the MPO's primary picture."""
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG" and getattr(image, "n_frames", 1) == 1
+        assert "mp" not in image.info
+        red, green, blue = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+    assert abs(red - PRIMARY_RGB[0]) < 12 and abs(green - PRIMARY_RGB[1]) < 12 and abs(blue - PRIMARY_RGB[2]) < 12

@@ -69,7 +69,17 @@ def test_every_setting_is_passed_to_the_generator() -> None:
     ({"seed": -2}, ["seed", "-1 (random) or 0..4294967295"]),
     ({"seed": 2**32}, ["seed", "4294967295"]),
     ({"preview_every": -1}, ["preview_every"]),
+    ({"guidance_scale": float("inf")}, ["guidance_scale", "0..30"]),
+    ({"guidance_scale": float("-inf")}, ["guidance_scale", "0..30"]),
     ({"lora": common_pb2.LoraSpec(name="film", weight=2.5)}, ["lora.weight", "0..2"]),
+    ({"lora": common_pb2.LoraSpec(name="film", weight=float("nan"))}, ["lora.weight", "0..2", "nan"]),
+    ({"lora": common_pb2.LoraSpec(name="film", weight=float("inf"))}, ["lora.weight", "0..2", "inf"]),
+    ({"lora": common_pb2.LoraSpec(name="film", weight=float("-inf"))}, ["lora.weight", "0..2"]),
+    ({"lora": common_pb2.LoraSpec(name="", weight=0.5)}, ["lora.name", "lora.weight"]),
+    ({"lora": common_pb2.LoraSpec(name="  ", weight=0.5)}, ["lora.name", "lora.weight"]),
+    ({"lora": common_pb2.LoraSpec(name="", weight=0.0)}, ["lora.name", "lora.weight"]),
+    ({"lora": common_pb2.LoraSpec(name="", weight=float("nan"))}, ["lora.weight", "0..2"]),
+    ({"lora": common_pb2.LoraSpec(name="", weight=float("inf"))}, ["lora.weight", "0..2"]),
     ({"idempotency_key": "k" * 201}, ["idempotency_key", "200"]),
 ])
 def test_each_violation_names_the_field_and_the_allowed_range(fields: dict[str, Any],
@@ -131,6 +141,14 @@ async def test_the_target_image_is_validated_and_sanitised_like_the_reference() 
     with pytest.raises(InvalidInput, match="target_image is truncated"):
         await RequestValidator(max_decodes=2).validate(
             gateway_pb2.JobRequest(reference_image=images.png(), target_image=raw[: len(raw) // 2]))
+
+
+async def test_multi_picture_jpegs_are_accepted_and_leave_as_plain_jpegs() -> None:
+    spec = await RequestValidator(max_decodes=2).validate(gateway_pb2.JobRequest(
+        prompt="a portrait", reference_image=images.multi_picture_jpeg(), target_image=images.multi_picture_jpeg()))
+    assert spec.reference_image is not None and spec.target_image is not None
+    images.assert_plain_jpeg_of_the_primary_picture(spec.reference_image)
+    images.assert_plain_jpeg_of_the_primary_picture(spec.target_image)
 
 
 @pytest.mark.parametrize(("data", "needle"), [

@@ -71,7 +71,17 @@ def test_random_seed_differs_per_request_and_minus_one_means_random(catalog: Cat
     ({"preview_every": 21}, "preview_every=21 is out of range: 0 (no previews) to steps (20)"),
     ({"lora": common_pb2.LoraSpec(name="tiny-sdxl-style")},
      "lora 'tiny-sdxl-style' does not fit model tiny-sd; it fits tiny-sdxl"),
+    ({"guidance_scale": float("inf")}, "guidance_scale=inf is out of range"),
+    ({"guidance_scale": float("-inf")}, "guidance_scale=-inf is out of range"),
     ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=2.5)}, "lora.weight=2.5 is out of range: 0 to 2"),
+    ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=float("nan"))}, "lora.weight=nan is out of range"),
+    ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=float("inf"))}, "lora.weight=inf is out of range"),
+    ({"lora": common_pb2.LoraSpec(name="tiny-sd-style", weight=float("-inf"))}, "lora.weight=-inf is out of range"),
+    # A bad number is INVALID_ARGUMENT whatever the name, like every other bad number.
+    ({"lora": common_pb2.LoraSpec(name="nope", weight=float("nan"))}, "lora.weight=nan is out of range"),
+    ({"lora": common_pb2.LoraSpec(name="", weight=float("inf"))}, "lora.weight=inf is out of range"),
+    ({"lora": common_pb2.LoraSpec(name="", weight=0.5)}, "lora.name is empty but lora.weight is set"),
+    ({"lora": common_pb2.LoraSpec(name=" ", weight=0.0)}, "lora.name is empty but lora.weight is set"),
 ])
 def test_invalid_settings_name_the_field_and_range(catalog: Catalog, fields: dict[str, Any],
                                                    message: str) -> None:

@@ -26,6 +26,7 @@ from services.swapper.storage import (
     temp_key,
 )
 from services.swapper.swap import check_image
+from tests.unit.gateway import sample_images as images
 from tests.waiting import until
 
 pytestmark = pytest.mark.unit
@@ -175,14 +176,20 @@ async def test_batch_deleter_coalesces_concurrent_deletes(pool: BlockingPool) ->
 
 def test_check_image_strips_metadata_only_when_present() -> None:
     clean = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(clean, "PNG")
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(clean, "PNG")
     checked = check_image(clean.getvalue(), "target_image", ImageLimits())
     assert checked.data == clean.getvalue(), "clean images are stored byte for byte"
 
     tagged = io.BytesIO()
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a prompt with a name in it")
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(tagged, "PNG", pnginfo=info)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tagged, "PNG", pnginfo=info)
     stripped = check_image(tagged.getvalue(), "target_image", ImageLimits())
     assert b"a prompt with a name" not in stripped.data
-    assert stripped.info.mime == "image/png" and (stripped.info.width, stripped.info.height) == (8, 8)
+    assert stripped.info.mime == "image/png" and (stripped.info.width, stripped.info.height) == (16, 16)
+
+
+def test_check_image_keeps_only_the_primary_picture_of_a_multi_picture_jpeg() -> None:
+    checked = check_image(images.multi_picture_jpeg(), "target_image", ImageLimits())
+    assert checked.info.mime == "image/jpeg" and (checked.info.width, checked.info.height) == (64, 48)
+    images.assert_plain_jpeg_of_the_primary_picture(checked.data)
