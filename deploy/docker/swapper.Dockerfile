@@ -13,11 +13,12 @@ COPY constraints.txt /tmp/constraints.txt
 # `python -m services.swapper doctor` swaps to check a deployment end to end
 # (about 250 MB with numpy and scipy; remove them if you never run the doctor in
 # the container). moto is left out: the embedded store runs only when S3_ENDPOINT_URL
-# is unset (its module still needs werkzeug to be importable).
+# is unset (its module still needs werkzeug to be importable). redis and hiredis:
+# the RunPod rate limit and the swap records every replica shares (REDIS_URL).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
         grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 requests \
-        werkzeug matplotlib scikit-image
+        redis hiredis werkzeug matplotlib scikit-image
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \
