@@ -11,7 +11,7 @@ COPY constraints.txt /tmp/constraints.txt
 # against its imports), each pinned by constraints.txt: no torch, no diffusers.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
-        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow
+        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow redis hiredis
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \

@@ -84,9 +84,11 @@ class ServiceServer:
 
 async def run_until_signal(server: ServiceServer, name: str,
                            on_start: Callable[[], Awaitable[None]],
-                           on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                           on_stop: Callable[[], Awaitable[None]] | None = None,
+                           on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
     """Starts ``server``, runs ``on_start`` (loading, warm-up) then reports SERVING;
-    on SIGTERM or SIGINT drains and stops.
+    on SIGTERM or SIGINT reports NOT_SERVING, runs ``on_drain`` (work in
+    progress finishes or is handed over), then stops the server and runs ``on_stop``.
 
     When ``on_start`` fails the process keeps running and reports NOT_SERVING,
     so an orchestrator sees an unhealthy service with a clear log line instead
@@ -113,6 +115,9 @@ async def run_until_signal(server: ServiceServer, name: str,
     await stop.wait()
     logs.event(log, "server.stopping", service=name, grace_s=server.settings.grace_seconds)
     starter.cancel()
+    if on_drain is not None:
+        await server.set_serving(False)
+        await on_drain()
     await server.stop()
     if on_stop is not None:
         await on_stop()

@@ -16,7 +16,7 @@ log = logging.getLogger("services.gateway")
 
 
 async def main() -> None:
-    """Serves until SIGTERM/SIGINT, then drains Run streams and cancels what is left."""
+    """Serves until SIGTERM/SIGINT, then drains: running jobs go on, then are handed over or cancelled."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -27,11 +27,14 @@ async def main() -> None:
     app = GatewayApp(settings)
 
     async def on_start() -> None:
-        logs.event(log, "gateway.config", generator=settings.generator_address,
-                   swapper=settings.swapper_address, max_running=settings.max_running_jobs,
-                   max_queued=settings.max_queued_jobs, auth=mask(settings.auth_token))
+        logs.event(log, "gateway.config", instance=settings.instance, store=settings.store,
+                   redis=settings.redis.display_url if settings.redis else "-",
+                   generator=settings.generator_address, swapper=settings.swapper_address,
+                   max_running=settings.max_running_jobs, max_queued=settings.max_queued_jobs,
+                   drain_s=settings.drain_seconds, auth=mask(settings.auth_token))
+        await app.warm_up()
 
-    await run_until_signal(app.server, "gateway", on_start, app.close)
+    await run_until_signal(app.server, "gateway", on_start, app.close, on_drain=app.drain)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 
 from facegen.v1 import gateway_pb2, gateway_pb2_grpc
+from services.common import logs
 from services.common.server import ServiceServer
 from services.gateway.manager import JobManager
 from services.gateway.service import GatewayServicer
 from services.gateway.settings import Settings
 from services.gateway.upstreams import Upstreams
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+# How often the gateway looks at its job store's health to report it.
+HEALTH_POLL_SECONDS = 0.5
 
 
 class GatewayApp:
@@ -27,15 +35,51 @@ class GatewayApp:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
         self.server = ServiceServer(settings.server, [SERVICE_NAME], register)
+        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Starts serving and reports SERVING (upstreams are connected lazily); returns the port."""
+        """Starts serving, then reports SERVING once the job store answers; returns the port."""
         port = await self.server.start()
+        await self.warm_up()
         await self.server.set_serving(True)
         return port
 
+    async def warm_up(self) -> None:
+        """Starts the job manager and waits until the job store answers (NOT_SERVING meanwhile)."""
+        await self.manager.start()
+        waited = False
+        while not self.manager.job_store_healthy:
+            if not waited:
+                logs.event(log, "gateway.waiting_for_store", logging.WARNING, store=self.settings.store)
+                waited = True
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+        self._health = asyncio.create_task(self._report_store_health(), name="gateway-health")
+
+    async def _report_store_health(self) -> None:
+        """NOT_SERVING while the job store cannot be reached, so new work goes to other replicas."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+            healthy = self.manager.job_store_healthy
+            if healthy != serving:
+                serving = healthy
+                logs.event(log, "gateway.store_health", logging.INFO if healthy else logging.WARNING,
+                           healthy=healthy)
+                await self.server.set_serving(healthy)
+
+    async def drain(self) -> None:
+        """SIGTERM, after NOT_SERVING: lets running jobs go on, then hands over or cancels the rest."""
+        self._stop_health()
+        await self.manager.drain()
+
+    def _stop_health(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            self._health = None
+
     async def close(self) -> None:
-        """Cancels running jobs and closes the upstream channels (after the server stopped)."""
+        """Stops the jobs still running here and closes the upstream channels (after the server stopped)."""
+        self._stop_health()
         await self.manager.shutdown()
         await self.upstreams.close()
 

@@ -1,12 +1,20 @@
-"""One job from start to its terminal event.
+"""One job from its claim to its terminal event, or to where another gateway takes it over.
 
-The flow (DESIGN.md): wait for a running slot; start the generator call and
-the reference upload at the same time; hand each generated image to the
-swapper as soon as it arrives (up to ``swap_concurrency`` at once); turn every
-upstream event into a JobEvent; end with exactly one terminal event. A job
-whose reference upload fails stops at once (nothing could be swapped); a job
-whose generator fails after some images arrived lets their swaps finish, so
-the FAILED result still lists them.
+The flow (docs/architecture.md): start the generator call and the reference
+upload at the same time; hand each generated image to the swapper as soon as
+it arrives (up to ``swap_concurrency`` at once); turn every upstream event
+into a JobEvent; end with exactly one terminal event. A job whose reference
+upload fails stops at once (nothing could be swapped); a job whose generator
+fails after some images arrived lets their swaps finish, so the FAILED result
+still lists them.
+
+Every step that would be costly or wrong to repeat is checkpointed with the
+event that reports it: an image stored, its remote job submitted, its result.
+A job claimed again after its gateway was lost (``Lease.resumed``) starts from
+those checkpoints: finished images are kept, stored ones go straight to the
+swapper (which follows their remote job instead of submitting a new one), and
+only the images never stored are generated again, from the seed fixed at
+submit, so they are the same images.
 """
 
 from __future__ import annotations
@@ -20,19 +28,20 @@ from dataclasses import dataclass
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
 from services.common import logs
 from services.common.errors import FacegenError, is_internal, new_incident_id, status_for
-from services.common.names import method_name, reason_name, stage_name
-from services.gateway.admission import Admission
+from services.common.names import stage_name
+from services.gateway.messages import image_result, result_message
 from services.gateway.progress import Progress, StageClock
 from services.gateway.settings import Settings
-from services.gateway.store import JobStore
+from services.gateway.store import TERMINAL_STATES, ImageCheckpoint, JobStore, Lease, LeaseLost
 from services.gateway.upstreams import UpstreamFailed, Upstreams
-from services.gateway.validation import JobSpec
 
 log = logging.getLogger(__name__)
 
 QUEUED, GENERATING, STORING, SWAPPING, FINALIZING, TERMINAL = (
     gateway_pb2.STAGE_QUEUED, gateway_pb2.STAGE_GENERATING, gateway_pb2.STAGE_STORING,
     gateway_pb2.STAGE_SWAPPING, gateway_pb2.STAGE_FINALIZING, gateway_pb2.STAGE_TERMINAL)
+# How long the clean-up of a job's left-over remote swaps may take.
+CANCEL_SWAPS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,48 +51,42 @@ class Services:
     settings: Settings
     store: JobStore
     upstreams: Upstreams
-    admission: Admission
+    # Swaps outlive a lost gateway so that another one resumes them (a shared store).
+    resumable_swaps: bool = False
 
 
 class JobRun:
-    """Runs one job and writes its events to the store."""
+    """Runs one claimed job and writes its events to the store."""
 
-    def __init__(self, job_id: str, spec: JobSpec, services: Services, queue_ahead: int = -1) -> None:
-        """``queue_ahead``: admitted jobs that will get a slot before this one (-1: it runs at once)."""
-        self.job_id = job_id
-        self._queue_ahead = queue_ahead
-        self.spec = spec
+    def __init__(self, lease: Lease, services: Services) -> None:
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.spec = lease.spec
         self._services = services
         self._store = services.store
         self._upstreams = services.upstreams
-        self._progress = Progress(spec.num_images, spec.template_mode)
+        self._progress = Progress(self.spec.num_images, self.spec.template_mode, floor=lease.percent)
         self._clock = StageClock()
-        self._seq = 0
+        self._stage = lease.stage
         self._ended = False
         self._started = False
-        self._cancel_reason: str | None = None
+        self._detached = False
+        self._cancel_reason: str | None = lease.cancel_reason
         self._task: asyncio.Task[None] | None = None
-        self._results: dict[int, gateway_pb2.ImageResult] = {}
-        self._failures: dict[int, gateway_pb2.ImageFailure] = {}
-        self._reference_key = spec.reference_key
+        self._images = lease.images
         self._reference_task: asyncio.Task[str] | None = None
         self._swaps: list[asyncio.Task[None]] = []
         self._swap_slots = asyncio.Semaphore(services.settings.swap_concurrency)
+        for index, point in self._images.items():
+            if point.finished:
+                self._progress.image(index, 1.0)
+            elif point.stored_key:
+                self._progress.swap_event(index, "stored")
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def _accept(self) -> None:
-        """Writes the job's first event: accepted, or waiting behind ``queue_ahead`` jobs."""
-        self._clock.start(QUEUED)
-        ahead = self._queue_ahead
-        message = f"waiting for a free slot ({ahead} jobs ahead)" if ahead >= 0 else "accepted"
-        await self._emit(QUEUED, message, state=gateway_pb2.JOB_STATE_QUEUED, queue_position=max(0, ahead))
-
     def start(self) -> asyncio.Task[None]:
-        """Starts the job's task (in the current context, so its log lines carry the job id).
-
-        The task writes the job's first event, then waits for a running slot.
-        """
+        """Starts the job's task (in the current context, so its log lines carry the job id)."""
         self._task = asyncio.create_task(self._run(), name=f"job-{self.job_id}")
         return self._task
 
@@ -92,27 +95,43 @@ class JobRun:
         if self._ended or self._cancel_reason is not None:
             return
         self._cancel_reason = reason
-        # A task cancelled before its first step never runs its body; it checks the reason instead.
+        self._interrupt()
+
+    def detach(self) -> None:
+        """Stops the job here without ending it: another gateway holds it now, or will.
+
+        Resumable swaps in flight are left running for the next holder.
+        """
+        if self._ended:
+            return
+        self._detached = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        # A task cancelled before its first step never runs its body; it checks the flags instead.
         if self._started and self._task is not None:
             self._task.cancel()
 
     async def _run(self) -> None:
         self._started = True
         try:
-            if self._cancel_reason is not None:
-                self._services.admission.release_unused()
+            if self._detached or self._cancel_reason is not None:
                 raise asyncio.CancelledError
-            await self._accept()
-            async with self._services.admission.slot():
-                self._clock.stop(QUEUED)
-                await self._execute()
+            if self.lease.resumed:
+                await self._announce_resume()
+            else:
+                self._clock.record(QUEUED, time.time() - self.lease.created_at)
+            await self._execute()
             await self._finish()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            await self._end(gateway_pb2.JOB_STATE_CANCELLED, "CANCELLED",
-                            self._cancel_reason or "the gateway is shutting down")
+            if not self._detached:
+                await self._end(gateway_pb2.JOB_STATE_CANCELLED, "CANCELLED",
+                                self._cancel_reason or "the gateway is shutting down")
+        except LeaseLost:
+            self._detached = True
         except Exception as exc:
             code, message = status_for(exc)
             if is_internal(exc) and not isinstance(exc, FacegenError):
@@ -120,16 +139,32 @@ class JobRun:
                 log.error("event=job.internal_error incident=%s", incident, exc_info=exc)
                 message = f"{message} (incident {incident})"
             await self._end(gateway_pb2.JOB_STATE_FAILED, code.name, message)
+        finally:
+            if self._detached:
+                logs.event(log, "job.detached", owner=self.lease.owner)
+
+    async def _announce_resume(self) -> None:
+        done = sum(point.finished for point in self._images.values())
+        stored = sum(bool(point.stored_key) and not point.finished for point in self._images.values())
+        previous = self.lease.previous_owner or "a gateway that stopped"
+        logs.event(log, "job.resumed", previous=previous, finished=done, stored=stored)
+        await self._emit(self._stage, f"resumed by gateway {self.lease.owner} after {previous} stopped "
+                                      f"renewing its lease ({done} of {self.spec.num_images} images finished, "
+                                      f"{stored} stored)", resumed=True)
 
     # -- the pipeline --------------------------------------------------------------
 
     async def _execute(self) -> None:
         spec = self.spec
-        what = ("swapping the face onto the target image" if spec.template_mode
-                else f"generating {spec.num_images} image{'s' if spec.num_images > 1 else ''}")
-        await self._emit(SWAPPING if spec.template_mode else GENERATING, f"started: {what}")
+        todo = [index for index in range(spec.num_images) if not self._image(index).finished]
+        if not todo:
+            return
+        if not self.lease.resumed:
+            what = ("swapping the face onto the target image" if spec.template_mode
+                    else f"generating {spec.num_images} image{'s' if spec.num_images > 1 else ''}")
+            await self._emit(SWAPPING if spec.template_mode else GENERATING, f"started: {what}")
         reference = self._reference_task = asyncio.create_task(self._reference())
-        producer = asyncio.create_task(self._produce())
+        producer = asyncio.create_task(self._produce(todo))
         try:
             await asyncio.wait({reference, producer}, return_when=asyncio.FIRST_EXCEPTION)
             if reference.done() and reference.exception() is not None:
@@ -148,39 +183,67 @@ class JobRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _image(self, index: int) -> ImageCheckpoint:
+        return self._images.setdefault(index, ImageCheckpoint())
+
     async def _reference(self) -> str:
-        if self._reference_key:
-            return self._reference_key
-        image, self.spec.reference_image = self.spec.reference_image, None
+        spec = self.spec
+        if spec.reference_key:
+            return spec.reference_key
+        image, spec.reference_image = spec.reference_image, None
         assert image is not None
         self._clock.start(STORING)
         key = await self._upstreams.put_reference(self.job_id, image)
         self._clock.stop(STORING)
-        self._reference_key = key
-        await self._emit(STORING, "reference face stored")
+        spec.reference_key = key
+        # The upload runs beside generation: it does not move the job's stage.
+        await self._emit(self._stage, "reference face stored")
         return key
 
-    async def _produce(self) -> None:
+    async def _produce(self, todo: list[int]) -> None:
+        stored = [index for index in todo if self._image(index).stored_key]
+        for index in stored:
+            self._start_swap(index, None, self._seed(index))
+        missing = [index for index in todo if index not in stored]
+        if not missing:
+            self._progress.generation_done()
+            return
         if self.spec.generate is None:
             target, self.spec.target_image = self.spec.target_image, None
-            assert target is not None
+            assert target is not None, "a template job's target is stored or held in memory"
             self._start_swap(0, target, seed=-1)
             return
-        request = self.spec.generate
+        await self._generate(missing)
+
+    def _seed(self, index: int) -> int:
+        generate = self.spec.generate
+        return -1 if generate is None else generate.seed + index
+
+    async def _generate(self, missing: list[int]) -> None:
+        """Generates the images in ``missing`` (all of them, unless the job is resumed)."""
+        assert self.spec.generate is not None
+        first, last = min(missing), max(missing)
+        request = generator_pb2.GenerateRequest()
+        request.CopyFrom(self.spec.generate)
         request.job_id = self.job_id
-        expected = set(range(self.spec.num_images))
+        # Image i uses seed + i: asking for images first..last from seed + first gives the same images.
+        request.seed = self.spec.generate.seed + first
+        request.num_images = last - first + 1
+        expected = set(missing)
         self._clock.start(GENERATING)
         try:
             async with aclosing(self._upstreams.generate(request)) as events:
                 async for event in events:
-                    await self._on_generate_event(event, expected)
+                    await self._on_generate_event(event, range(first, last + 1), expected)
         finally:
             self._clock.stop(GENERATING)
         if expected:
-            missing = ", ".join(str(index) for index in sorted(expected))
-            raise UpstreamFailed(f"the generator ended without image {missing}")
+            missing_text = ", ".join(str(index) for index in sorted(expected))
+            raise UpstreamFailed(f"the generator ended without image {missing_text}")
 
-    async def _on_generate_event(self, event: generator_pb2.GenerateEvent, expected: set[int]) -> None:
+    async def _on_generate_event(self, event: generator_pb2.GenerateEvent, indexes: range,
+                                 expected: set[int]) -> None:
+        """Reports one generator event; image i of the call is image ``indexes[i]`` of the job."""
         kind = event.WhichOneof("event")
         if kind == "queued":
             position = event.queued.position
@@ -194,66 +257,79 @@ class JobRun:
             await self._emit(GENERATING, f"denoising step {step.step}/{step.total_steps}", denoise=denoise)
         elif kind == "image":
             image = event.image
-            if image.index not in expected:
-                logs.event(log, "job.unexpected_image", logging.WARNING, index=image.index)
+            index = indexes.start + image.index
+            if index not in expected:
+                # Images of the range that a resumed job had stored already are not needed again.
+                if index not in indexes:
+                    logs.event(log, "job.unexpected_image", logging.WARNING, index=index)
                 return
-            expected.discard(image.index)
+            expected.discard(index)
             if not expected:
                 self._progress.generation_done()
-            self._start_swap(image.index, image.png, image.seed)
-            await self._emit(GENERATING, f"image {image.index} generated ({image.width}x{image.height}, "
-                                         f"seed {image.seed})", image_index=image.index)
+            self._start_swap(index, image.png, image.seed)
+            await self._emit(GENERATING, f"image {index} generated ({image.width}x{image.height}, "
+                                         f"seed {image.seed})", image_index=index)
         elif kind == "done":
             self._progress.generation_done()
             await self._emit(GENERATING, f"generation finished (model {event.done.model or 'default'}, "
                                          f"{event.done.duration_ms} ms)")
 
-    def _start_swap(self, index: int, image: bytes, seed: int) -> None:
+    def _start_swap(self, index: int, image: bytes | None, seed: int) -> None:
         self._swaps.append(asyncio.create_task(self._swap(index, image, seed)))
 
-    async def _swap(self, index: int, image: bytes, seed: int) -> None:
+    async def _swap(self, index: int, image: bytes | None, seed: int) -> None:
         assert self._reference_task is not None
         # Shielded: one swap being cancelled must not cancel the upload the others share.
         key = await asyncio.shield(self._reference_task)
         async with self._swap_slots:
             self._clock.start(SWAPPING)
             request = swapper_pb2.SwapRequest(
-                job_id=self.job_id, image_index=index, target_image=image, reference_key=key,
-                options=self.spec.swap_options,
-                deadline_ms=self._services.settings.swap_remote_deadline_ms)
+                job_id=self.job_id, image_index=index, target_image=image or b"",
+                target_key="" if image else self._image(index).stored_key, reference_key=key,
+                options=self.spec.swap_options, deadline_ms=self._services.settings.swap_remote_deadline_ms,
+                resumable=self._services.resumable_swaps)
             del image
+            point = self._image(index)
             try:
                 result = await self._follow_swap(request)
-                self._results[index] = _image_result(index, seed, result)
+                point.result = image_result(index, seed, result)
                 self._progress.swap_event(index, "result")
-                await self._emit(SWAPPING, _result_message(index, result), image_index=index,
-                                 image=self._results[index])
+                await self._emit(SWAPPING, result_message(index, result), image_index=index,
+                                 image=point.result, checkpoint=index)
+            except (asyncio.CancelledError, LeaseLost):
+                raise
             except Exception as exc:
                 code, message = status_for(exc)
                 if is_internal(exc) and not isinstance(exc, FacegenError):
                     log.error("event=job.swap_internal_error image=%d", index, exc_info=exc)
-                self._failures[index] = gateway_pb2.ImageFailure(index=index, code=code.name, message=message)
+                point.failure = gateway_pb2.ImageFailure(index=index, code=code.name, message=message)
                 self._progress.image(index, 1.0)
-                await self._emit(SWAPPING, f"image {index} failed: {code.name}: {message}", image_index=index)
+                await self._emit(SWAPPING, f"image {index} failed: {code.name}: {message}", image_index=index,
+                                 checkpoint=index)
             finally:
                 self._clock.stop(SWAPPING)
 
     async def _follow_swap(self, request: swapper_pb2.SwapRequest) -> swapper_pb2.SwapResult:
         index = request.image_index
+        point = self._image(index)
         result: swapper_pb2.SwapResult | None = None
         async with aclosing(self._upstreams.swap(request)) as events:
             async for event in events:
                 kind = event.WhichOneof("event")
                 if kind == "stored":
+                    point.stored_key = event.stored.key
                     self._progress.swap_event(index, "stored")
-                    await self._emit(STORING, f"image {index} stored", image_index=index)
+                    await self._emit(STORING, f"image {index} stored", image_index=index, checkpoint=index)
                 elif kind == "submitted":
+                    submitted = event.submitted
+                    point.remote_job_id, point.endpoint = submitted.remote_job_id, submitted.endpoint
                     self._progress.swap_event(index, "submitted")
-                    remote = common_pb2.RemoteJobStatus(remote_job_id=event.submitted.remote_job_id,
-                                                        endpoint=event.submitted.endpoint)
-                    await self._emit(SWAPPING, f"image {index} submitted to face-swap endpoint "
+                    remote = common_pb2.RemoteJobStatus(remote_job_id=submitted.remote_job_id,
+                                                        endpoint=submitted.endpoint)
+                    verb = "still followed on" if submitted.resumed else "submitted to"
+                    await self._emit(SWAPPING, f"image {index} {verb} face-swap endpoint "
                                                f"{remote.endpoint} as job {remote.remote_job_id}",
-                                     image_index=index, remote=remote)
+                                     image_index=index, remote=remote, checkpoint=index)
                 elif kind == "remote_status":
                     status = event.remote_status
                     self._progress.swap_event(index, status.status)
@@ -274,12 +350,12 @@ class JobRun:
         self._progress.finalizing()
         await self._emit(FINALIZING, "finalizing")
         self._clock.stop(FINALIZING)
-        if self._failures:
-            first = self._failures[min(self._failures)]
-            details = "; ".join(f"image {failure.index}: {failure.message}"
-                                for _, failure in sorted(self._failures.items()))
+        failures = {index: point.failure for index, point in self._images.items() if point.failure is not None}
+        if failures:
+            first = failures[min(failures)]
+            details = "; ".join(f"image {index}: {failure.message}" for index, failure in sorted(failures.items()))
             await self._end(gateway_pb2.JOB_STATE_FAILED, first.code,
-                            f"{len(self._failures)} of {self.spec.num_images} images failed: {details}")
+                            f"{len(failures)} of {self.spec.num_images} images failed: {details}")
             return
         self._progress.done()
         await self._end(gateway_pb2.JOB_STATE_COMPLETED, "OK", "")
@@ -287,60 +363,66 @@ class JobRun:
     async def _end(self, state: gateway_pb2.JobState, code: str, message: str) -> None:
         if self._ended:
             return
+        await self._cancel_left_over_swaps()
         for index in range(self.spec.num_images):
-            if index not in self._results and index not in self._failures:
-                self._failures[index] = gateway_pb2.ImageFailure(index=index, code=code, message=message)
+            point = self._image(index)
+            if not point.finished:
+                point.failure = gateway_pb2.ImageFailure(index=index, code=code, message=message)
+        images = sorted(self._images.items())
         result = gateway_pb2.JobResult(
             state=state,
             code=code,
             message=message,
-            images=[self._results[index] for index in sorted(self._results)],
-            failures=[self._failures[index] for index in sorted(self._failures)] if code != "OK" else [],
+            images=[point.result for _, point in images if point.result is not None],
+            failures=[point.failure for _, point in images if point.failure is not None] if code != "OK" else [],
             timings=self._clock.timings(),
-            reference_key=self._reference_key,
+            reference_key=self.spec.reference_key,
         )
         state_name = gateway_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
         text = f"{state_name.lower()}" + (f": {code}: {message}" if code != "OK" else "")
         await self._emit(TERMINAL, text, state=state, result=result)
         self._ended = True
 
+    async def _cancel_left_over_swaps(self) -> None:
+        """Ends the remote jobs and stored targets of resumable swaps that will never be followed again."""
+        if not self._services.resumable_swaps:
+            return
+        left = [index for index, point in self._images.items()
+                if point.stored_key and not point.finished]
+        if not left:
+            return
+        try:
+            async with asyncio.timeout(CANCEL_SWAPS_SECONDS):
+                await asyncio.gather(*(self._upstreams.cancel_swap(self.job_id, index) for index in left))
+        except (TimeoutError, FacegenError) as exc:
+            logs.event(log, "job.cancel_swaps_failed", logging.WARNING, images=len(left), error=exc)
+
     async def _emit(self, stage: gateway_pb2.Stage, message: str, *,
                     state: gateway_pb2.JobState = gateway_pb2.JOB_STATE_RUNNING,
                     image_index: int = -1, denoise: gateway_pb2.DenoiseProgress | None = None,
                     remote: common_pb2.RemoteJobStatus | None = None,
                     image: gateway_pb2.ImageResult | None = None, result: gateway_pb2.JobResult | None = None,
-                    queue_position: int = 0) -> None:
+                    queue_position: int = 0, resumed: bool = False, checkpoint: int | None = None) -> None:
         if self._ended:
             return
-        self._seq += 1
+        # A job's stage never goes backwards: per-image detail lives in the image and remote fields.
+        self._stage = stage = max(self._stage, stage)
         event = gateway_pb2.JobEvent(
-            job_id=self.job_id, seq=self._seq, stage=stage, percent=self._progress.percent,
+            job_id=self.job_id, stage=stage, percent=self._progress.percent,
             message=message, image_index=image_index, denoise=denoise, remote=remote, image=image,
-            result=result, queue_position=queue_position)
+            result=result, queue_position=queue_position, resumed=resumed)
         event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
+        checkpoints = None if checkpoint is None else {checkpoint: self._image(checkpoint)}
+        await self._store.append(self.lease, event, state, checkpoints)
         # Denoising steps are the bulk of a job's events: they are logged at DEBUG only.
         logs.event(log, "job.event", logging.DEBUG if denoise is not None else logging.INFO,
-                   seq=self._seq, stage=stage_name(stage), percent=event.percent,
+                   seq=event.seq, stage=stage_name(stage), percent=event.percent,
                    image=image_index, message=message)
-        await self._store.append(self.job_id, event, state)
+        if state in TERMINAL_STATES:
+            self._ended = True
 
 
 def _exception(task: asyncio.Task[str]) -> BaseException:
     exc = task.exception()
     assert exc is not None
     return exc
-
-
-def _image_result(index: int, seed: int, result: swapper_pb2.SwapResult) -> gateway_pb2.ImageResult:
-    return gateway_pb2.ImageResult(
-        index=index, url=result.url, storage_key=result.key, content_type=result.content_type,
-        width=result.width, height=result.height, seed=seed, face_swap_method=result.method,
-        fallback_reason=result.fallback_reason, fallback_message=result.fallback_message)
-
-
-def _result_message(index: int, result: swapper_pb2.SwapResult) -> str:
-    if result.method == common_pb2.FACE_SWAP_METHOD_NONE:
-        reason = reason_name(result.fallback_reason)
-        detail = f": {result.fallback_message}" if result.fallback_message else ""
-        return f"image {index} ready without face swap ({reason}{detail})"
-    return f"image {index} ready (face swapped by {method_name(result.method)})"

@@ -34,13 +34,14 @@ SWAP_FRACTION = {
 class Progress:
     """Tracks one job's progress; ``percent`` only ever grows."""
 
-    def __init__(self, num_images: int, template_mode: bool) -> None:
+    def __init__(self, num_images: int, template_mode: bool, floor: float = 0.0) -> None:
+        """``floor``: the percent already shown (a resumed job continues from there)."""
         self._num_images = max(1, num_images)
         self._generation_end = 0.0 if template_mode else GENERATION_END
         self._generation = 0.0
         self._images = [0.0] * self._num_images
         self._floor = 0.0
-        self._shown = 0.0
+        self._shown = floor
 
     def step(self, step: int, total: int) -> None:
         """A denoising step finished."""
@@ -89,6 +90,11 @@ class StageClock:
         now = time.monotonic()
         span = self._spans.setdefault(stage, [now, now])
         span[0] = min(span[0], now)
+
+    def record(self, stage: gateway_pb2.Stage, seconds: float) -> None:
+        """Records ``seconds`` of ``stage`` that ended now (a span measured elsewhere)."""
+        now = time.monotonic()
+        self._spans[stage] = [now - max(0.0, seconds), now]
 
     def stop(self, stage: gateway_pb2.Stage) -> None:
         """Marks the end of some work of ``stage`` (the last end counts)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 
@@ -39,14 +40,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                   context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.JobEvent]:
         await self._authorize(context)
         job_id, _created = await self._manager.submit(request)
-        ended = False
         try:
             async for event in self._manager.watch(job_id, 0):
                 yield event
-            ended = True
-        finally:
-            if not ended:
-                self._manager.request_cancel(job_id, RUN_CLOSED)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away. (A stream this gateway ends, e.g. on shutdown, leaves the job running.)
+            self._manager.cancel_soon(job_id, RUN_CLOSED)
+            raise
 
     async def Submit(self, request: gateway_pb2.JobRequest,
                      context: grpc.aio.ServicerContext) -> gateway_pb2.SubmitResponse:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 
 from services.common.config import ConfigError, Env, ServerSettings
+from services.common.redis import RedisSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+STORES = ("memory", "redis")
+
+
+def default_instance() -> str:
+    """This process's name among the gateway replicas: host name and process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,14 @@ class Settings:
     connect_timeout_seconds: float = 5.0
     auth_token: str | None = None
     log_level: str = "INFO"
+    # Where jobs live: this process ("memory") or a Redis shared by every replica ("redis").
+    store: str = "memory"
+    redis: RedisSettings | None = None
+    # On SIGTERM, how long running jobs may go on before they are handed over (redis) or cancelled.
+    drain_seconds: float = 30.0
+    # How long a replica's hold on a job lasts without renewal; another replica resumes it after.
+    lease_seconds: float = 3.0
+    instance: str = field(default_factory=default_instance)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -61,6 +78,12 @@ class Settings:
                                                   cls.connect_timeout_seconds, minimum=0.1),
             auth_token=env.secret("GATEWAY_AUTH_TOKEN"),
             log_level=env.get_str("GATEWAY_LOG_LEVEL", cls.log_level).upper(),
+            store=env.get_str("GATEWAY_STORE", cls.store).lower(),
+            redis=RedisSettings.from_env(env),
+            drain_seconds=env.get_float("GATEWAY_DRAIN_SECONDS", cls.drain_seconds, minimum=0.0),
+            lease_seconds=env.get_float("GATEWAY_LEASE_SECONDS", cls.lease_seconds, minimum=0.5,
+                                        maximum=300.0),
+            instance=env.get_str("GATEWAY_INSTANCE", default_instance()),
         )
         settings.check()
         return settings
@@ -72,6 +95,10 @@ class Settings:
             raise ConfigError(
                 f"GATEWAY_MAX_JOBS={self.max_jobs} must be at least GATEWAY_MAX_RUNNING_JOBS + "
                 f"GATEWAY_MAX_QUEUED_JOBS = {active}, or active jobs could not be stored")
+        if self.store not in STORES:
+            raise ConfigError(f"GATEWAY_STORE={self.store!r} is not one of {', '.join(STORES)}")
+        if self.store == "redis" and self.redis is None:
+            raise ConfigError("GATEWAY_STORE=redis needs REDIS_URL (redis://host:port/db or rediss://...)")
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"GATEWAY_LOG_LEVEL={self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
 

@@ -38,6 +38,7 @@ from services.gateway.settings import Settings
 GENERATOR = "generator"
 SWAPPER = "swapper"
 LIST_MODELS_TIMEOUT_SECONDS = 15.0
+CANCEL_SWAP_TIMEOUT_SECONDS = 10.0
 MAX_DETAILS_CHARS = 500
 
 _SAME_CODE: dict[grpc.StatusCode, type[FacegenError]] = {
@@ -106,16 +107,24 @@ class Upstreams:
 
     async def put_reference(self, job_id: str, image: bytes) -> str:
         """Stores the reference face; returns its storage key."""
-        await self._connected(self._swapper_channel, SWAPPER)
-        timeout = self._settings.upload_timeout_seconds
-        started = time.monotonic()
-        try:
-            response = await self._swapper.PutReference(
-                swapper_pb2.PutReferenceRequest(job_id=job_id, image=image),
-                timeout=timeout, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, SWAPPER, timeout, started, "GATEWAY_UPLOAD_TIMEOUT_SECONDS") from None
-        return response.key
+        request = swapper_pb2.PutReferenceRequest(job_id=job_id, image=image)
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutReference, request,
+                                     self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
+        return str(response.key)
+
+    async def put_target(self, job_id: str, index: int, image: bytes) -> str:
+        """Stores a job's target image for a later Swap; returns its temporary storage key."""
+        request = swapper_pb2.PutTargetRequest(job_id=job_id, image_index=index, image=image)
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutTarget, request,
+                                     self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
+        return str(response.key)
+
+    async def cancel_swap(self, job_id: str, index: int) -> bool:
+        """Ends a resumable swap that nobody follows; True when a remote job was cancelled."""
+        request = swapper_pb2.CancelSwapRequest(job_id=job_id, image_index=index)
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.CancelSwap, request,
+                                     CANCEL_SWAP_TIMEOUT_SECONDS, "a fixed limit")
+        return bool(response.remote_cancelled)
 
     def swap(self, request: swapper_pb2.SwapRequest) -> AsyncGenerator[swapper_pb2.SwapEvent]:
         """Streams the swapper's events for one image; cancelling the consumer cancels the call."""
@@ -138,10 +147,17 @@ class Upstreams:
 
     async def list_models(self) -> common_pb2.ListModelsResponse:
         """The generator's model catalog."""
-        await self._connected(self._generator_channel, GENERATOR)
+        response: common_pb2.ListModelsResponse = await self._unary(
+            self._generator_channel, GENERATOR, self._generator.ListModels, common_pb2.ListModelsRequest(),
+            LIST_MODELS_TIMEOUT_SECONDS, "a fixed limit")
+        return response
+
+    async def _unary(self, channel: grpc.aio.Channel, upstream: str, method: Any, request: Any,
+                     deadline_s: float, setting: str) -> Any:
+        """One unary call with its deadline; errors translated."""
+        await self._connected(channel, upstream)
         started = time.monotonic()
         try:
-            return await self._generator.ListModels(
-                common_pb2.ListModelsRequest(), timeout=LIST_MODELS_TIMEOUT_SECONDS, wait_for_ready=True)
+            return await method(request, timeout=deadline_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, GENERATOR, LIST_MODELS_TIMEOUT_SECONDS, started, "a fixed limit") from None
+            raise translate(exc, upstream, deadline_s, started, setting) from None

@@ -1,7 +1,8 @@
 """Starts the whole system on loopback and stops every process it started.
 
 The stack is: an S3-compatible server (moto), the project's face-swap worker
-behind its local RunPod queue API, the generator, the swapper and the gateway.
+behind its local RunPod queue API, the generator, the swapper and the gateway
+(or several gateway replicas sharing a Redis job store: ``gateways=N``).
 Each runs as its own process on a free loopback port, wired together by
 environment settings exactly as a deployment would wire them, with its log in
 ``<run dir>/<name>.log``. ``LocalStack`` waits for every health check, and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import redis
 import requests
 
 from services.common.health import is_serving
@@ -42,6 +45,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def redis_ok(url: str) -> bool:
+    """True when the Redis server at ``url`` answers PING."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
@@ -129,7 +141,11 @@ class StackAddresses:
     runpod: str
     generator: str
     swapper: str
+    # The first gateway replica; ``gateways`` lists them all.
     gateway: str
+    gateways: list[str] = field(default_factory=list)
+    # The shared job store's URL ("" when the one gateway keeps its jobs in memory).
+    redis: str = ""
 
 
 @dataclass
@@ -139,6 +155,9 @@ class LocalStack:
     run_dir: Path
     workers: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Gateway replicas; more than one share a Redis job store (and so does one with ``shared_store``).
+    gateways: int = 1
+    shared_store: bool = False
     api_key: str = field(default_factory=lambda: "rpa_local_" + secrets.token_hex(16))
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     addresses: StackAddresses | None = None
@@ -154,21 +173,27 @@ class LocalStack:
     def start(self) -> StackAddresses:
         """Starts every service and waits until all are healthy; stops them all if one fails."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in ("s3", "runpod", "generator", "swapper", "gateway")}
+        names = ["s3", "runpod", "generator", "swapper", *self.gateway_names]
+        ports = {name: free_port() for name in [*names, "redis"]}
+        gateways = [f"127.0.0.1:{ports[name]}" for name in self.gateway_names]
         self.addresses = StackAddresses(
             s3=f"http://127.0.0.1:{ports['s3']}", runpod=f"http://127.0.0.1:{ports['runpod']}/v2",
             generator=f"127.0.0.1:{ports['generator']}", swapper=f"127.0.0.1:{ports['swapper']}",
-            gateway=f"127.0.0.1:{ports['gateway']}")
+            gateway=gateways[0], gateways=gateways,
+            redis=f"redis://127.0.0.1:{ports['redis']}/0" if self.uses_redis else "")
         specs = self._specs(self.addresses, ports)
         try:
-            # Storage, the endpoint and the generator start in parallel; the swapper
+            # Storage, Redis, the endpoint and the generator start in parallel; the swapper
             # needs storage at start, so it waits for it.
-            for name in ("s3", "runpod", "generator"):
+            for name in ("s3", "redis", "runpod", "generator"):
+                if name in specs:
+                    self._launch(specs[name])
+            for name in ("s3", "redis"):
+                if name in specs:
+                    self.services[name].wait_ready()
+            for name in ("swapper", *self.gateway_names):
                 self._launch(specs[name])
-            self.services["s3"].wait_ready()
-            for name in ("swapper", "gateway"):
-                self._launch(specs[name])
-            for name in ("runpod", "generator", "swapper", "gateway"):
+            for name in ("runpod", "generator", "swapper", *self.gateway_names):
                 self.services[name].wait_ready()
                 logs_line(f"{name} ready")
         except BaseException:
@@ -192,6 +217,16 @@ class LocalStack:
         service.start(self.run_dir)
         service.wait_ready()
 
+    @property
+    def uses_redis(self) -> bool:
+        """True when the gateways share a Redis job store."""
+        return self.gateways > 1 or self.shared_store
+
+    @property
+    def gateway_names(self) -> list[str]:
+        """``gateway`` for a single replica, ``gateway-0``, ``gateway-1``, ... for several."""
+        return ["gateway"] if self.gateways == 1 else [f"gateway-{number}" for number in range(self.gateways)]
+
     def swapper_env(self) -> dict[str, str]:
         """The storage and RunPod settings the swapper (or its doctor) needs for this stack."""
         a = self.addresses
@@ -201,6 +236,7 @@ class LocalStack:
             "S3_ENDPOINT_URL": a.s3, "S3_BUCKET": BUCKET, "S3_ACCESS_KEY_ID": "local",
             "S3_SECRET_ACCESS_KEY": "local-secret", "S3_REGION": "auto", "S3_CREATE_BUCKET": "true",
             "RUNPOD_API_BASE": a.runpod, "FACE_SWAP_ENDPOINT": ENDPOINT_ID, "RUNPOD_API_KEY": self.api_key,
+            **({"REDIS_URL": a.redis} if a.redis else {}),
         }
 
     def _specs(self, a: StackAddresses, ports: dict[str, int]) -> dict[str, ServiceProcess]:
@@ -221,11 +257,31 @@ class LocalStack:
             ServiceProcess("swapper", [python, "-m", "services.swapper"],
                            {**common, **self.swapper_env(), "SWAPPER_LISTEN": a.swapper},
                            lambda: is_serving(a.swapper)),
-            ServiceProcess("gateway", [python, "-m", "services.gateway"],
-                           {**common, "GATEWAY_LISTEN": a.gateway, "GENERATOR_ADDRESS": a.generator,
-                            "SWAPPER_ADDRESS": a.swapper}, lambda: is_serving(a.gateway)),
+            *(self._gateway_spec(name, address, a, common)
+              for name, address in zip(self.gateway_names, a.gateways, strict=True)),
         ]
+        if a.redis:
+            specs.append(self._redis_spec(a.redis, ports["redis"]))
         return {spec.name: spec for spec in specs}
+
+    @staticmethod
+    def _gateway_spec(name: str, address: str, a: StackAddresses, common: dict[str, str]) -> ServiceProcess:
+        env = {**common, "GATEWAY_LISTEN": address, "GENERATOR_ADDRESS": a.generator, "SWAPPER_ADDRESS": a.swapper,
+               "GATEWAY_INSTANCE": name}
+        if a.redis:
+            env.update({"GATEWAY_STORE": "redis", "REDIS_URL": a.redis})
+        return ServiceProcess(name, [sys.executable, "-m", "services.gateway"], env, lambda: is_serving(address))
+
+    def _redis_spec(self, url: str, port: int) -> ServiceProcess:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise StackError("redis-server is not installed: `make setup` installs it (Debian's redis-server)")
+        data = self.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        # Append-only file, as in the manifests: a restart keeps every acknowledged job.
+        argv = [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--save", "",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
+        return ServiceProcess("redis", argv, {}, lambda: redis_ok(url), start_timeout=30)
 
 
 def logs_line(message: str) -> None:

@@ -136,6 +136,8 @@ class SwapCall:
     deadline_ms: int
     options: common_pb2.SwapOptions
     target_image: bytes
+    target_key: str = ""
+    resumable: bool = False
 
 
 class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
@@ -227,6 +229,11 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self.swaps: list[SwapCall] = []
         self.cancelled_puts: list[str] = []
         self.cancelled_swaps: list[tuple[str, int]] = []
+        # Targets stored by PutTarget (key -> bytes), and CancelSwap calls (job id, image index).
+        self.targets: dict[str, bytes] = {}
+        self.cancel_swap_calls: list[tuple[str, int]] = []
+        # Remote jobs submitted per (job id, image index): a resumable swap called again follows its job.
+        self.remote_jobs: dict[tuple[str, int], str] = {}
         self.active = 0
         # Most Swap calls seen in flight at once.
         self.max_active = 0
@@ -258,15 +265,32 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self._notify()
         return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
 
+    async def PutTarget(self, request: swapper_pb2.PutTargetRequest,
+                        context: grpc.aio.ServicerContext) -> swapper_pb2.PutTargetResponse:
+        key = f"tmp/{request.job_id}/{request.image_index}.png"
+        self.targets[key] = request.image
+        self._notify()
+        return swapper_pb2.PutTargetResponse(key=key)
+
+    async def CancelSwap(self, request: swapper_pb2.CancelSwapRequest,
+                         context: grpc.aio.ServicerContext) -> swapper_pb2.CancelSwapResponse:
+        self.cancel_swap_calls.append((request.job_id, request.image_index))
+        self._notify()
+        return swapper_pb2.CancelSwapResponse(remote_cancelled=True)
+
     async def Swap(self, request: swapper_pb2.SwapRequest,
                    context: grpc.aio.ServicerContext) -> AsyncIterator[swapper_pb2.SwapEvent]:
         script = self.script
         started = time.perf_counter()
         index = request.image_index
+        if request.target_key and request.target_key not in self.targets:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"target {request.target_key} not found")
+        target = self.targets.get(request.target_key, request.target_image)
         self.swaps.append(SwapCall(
             job_id=request.job_id, image_index=index, reference_key=request.reference_key,
             deadline_ms=request.deadline_ms, options=request.options,
-            target_image=request.target_image if self.keep_images else b""))
+            target_image=target if self.keep_images else b"", target_key=request.target_key,
+            resumable=request.resumable))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self._notify()
@@ -277,12 +301,13 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
             if script.gate is not None:
                 await script.gate.wait()
             start = asyncio.get_running_loop().time()
-            key = f"tmp/{request.job_id}/{index}.png"
+            key = request.target_key or f"tmp/{request.job_id}/{index}.png"
+            self.targets[key] = target
             yield swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=key))
             if index in script.fail:
                 code, message = script.fail[index]
                 await context.abort(code, message)
-            width, height = image_size(request.target_image)
+            width, height = image_size(target)
             result = swapper_pb2.SwapResult(
                 url=f"http://storage.test/results/{request.job_id}/{index}.png",
                 key=f"results/{request.job_id}/{index}.png", content_type="image/png",
@@ -295,9 +320,11 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
                 result.fallback_reason = reason  # type: ignore[assignment]
                 result.fallback_message = message
             if request.reference_key:
-                remote_id = f"rp-{request.job_id[:8]}-{index}"
+                known = self.remote_jobs.get((request.job_id, index)) if request.resumable else None
+                remote_id = known or f"rp-{request.job_id[:8]}-{index}-{len(self.remote_jobs)}"
+                self.remote_jobs[(request.job_id, index)] = remote_id
                 yield swapper_pb2.SwapEvent(submitted=swapper_pb2.SwapSubmitted(
-                    remote_job_id=remote_id, endpoint=FAKE_ENDPOINT))
+                    remote_job_id=remote_id, endpoint=FAKE_ENDPOINT, resumed=known is not None))
                 delay = script.delay_by_index.get(index, script.delay)
                 count = max(1, len(script.statuses))
                 for number, status in enumerate(script.statuses, start=1):

@@ -25,7 +25,8 @@ def check_stream(events: list[gateway_pb2.JobEvent], first_seq: int = 1) -> gate
     """Checks what every job stream keeps, and returns the terminal result.
 
     Seqs are contiguous from ``first_seq``, exactly one terminal event comes
-    last, the percent never goes backwards and every event names its job.
+    last, neither the percent nor the stage ever goes backwards and every
+    event names its job.
     """
     assert events, "the stream was empty"
     assert [ev.seq for ev in events] == list(range(first_seq, first_seq + len(events)))
@@ -34,6 +35,8 @@ def check_stream(events: list[gateway_pb2.JobEvent], first_seq: int = 1) -> gate
     assert terminal[0] is events[-1]
     percents = [ev.percent for ev in events]
     assert percents == sorted(percents), percents
+    stages = [ev.stage for ev in events]
+    assert stages == sorted(stages), f"the stage went backwards: {stages}"
     assert len({ev.job_id for ev in events}) == 1
     assert events[-1].HasField("result")
     return events[-1].result

@@ -2,76 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from facegen.v1 import gateway_pb2
 from services.common.config import ConfigError, Env
-from services.common.errors import ResourceExhausted
-from services.gateway.admission import Admission
+from services.gateway.admission import AdmissionLimits
 from services.gateway.progress import GENERATION_END, SWAPPING_END, Progress, StageClock
 from services.gateway.settings import Settings
 
 pytestmark = pytest.mark.unit
 
 
-async def test_admission_runs_n_queues_q_and_refuses_the_rest() -> None:
-    admission = Admission(max_running=1, max_queued=1)
-    admission.reserve()
-    admission.reserve()
-    with pytest.raises(ResourceExhausted, match="at capacity"):
-        admission.reserve()
-    first_in = asyncio.Event()
-    release_first = asyncio.Event()
-
-    async def first() -> None:
-        async with admission.slot():
-            first_in.set()
-            await release_first.wait()
-
-    async def second() -> None:
-        async with admission.slot():
-            pass
-
-    one = asyncio.create_task(first())
-    await first_in.wait()
-    two = asyncio.create_task(second())
-    await asyncio.sleep(0)
-    assert (admission.running, admission.waiting, admission.backlog) == (1, 1, 1)
-    assert not two.done()
-    release_first.set()
-    await asyncio.wait_for(asyncio.gather(one, two), 5)
-    assert (admission.running, admission.waiting) == (0, 0)
-    admission.reserve()
-    admission.release_unused()
-    assert admission.waiting == 0
-
-
-async def test_a_job_cancelled_while_waiting_gives_its_place_back() -> None:
-    admission = Admission(max_running=1, max_queued=1)
-    admission.reserve()
-    admission.reserve()
-    hold = asyncio.Event()
-
-    async def holder() -> None:
-        async with admission.slot():
-            await hold.wait()
-
-    async def waiter() -> None:
-        async with admission.slot():
-            raise AssertionError("never gets a slot")
-
-    one = asyncio.create_task(holder())
-    await asyncio.sleep(0)
-    two = asyncio.create_task(waiter())
-    await asyncio.sleep(0)
-    two.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await two
-    admission.reserve()  # the cancelled waiter's place is free again
-    hold.set()
-    await one
+def test_admission_limits_say_where_a_new_job_stands() -> None:
+    limits = AdmissionLimits(max_running=2, max_queued=3)
+    assert limits.max_admitted == 5
+    assert limits.queue_ahead(running=1, waiting=0) == -1, "a free slot: it runs at once"
+    assert limits.queue_ahead(running=2, waiting=0) == 0, "next in line"
+    assert limits.queue_ahead(running=2, waiting=2) == 2
+    assert "2 jobs running, 3 queued, queue limit 3" in limits.refusal(2, 3)
 
 
 def test_percent_is_weighted_by_stage_and_never_goes_backwards() -> None:
@@ -120,7 +68,9 @@ def test_settings_read_every_variable() -> None:
         "GATEWAY_MAX_JOBS": "50", "GATEWAY_SWAP_CONCURRENCY": "2", "GATEWAY_GENERATE_TIMEOUT_SECONDS": "9",
         "GATEWAY_SWAP_TIMEOUT_SECONDS": "8", "GATEWAY_UPLOAD_TIMEOUT_SECONDS": "7",
         "GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "1.5", "GATEWAY_AUTH_TOKEN": "s3cret-token",
-        "GATEWAY_MAX_EVENTS_PER_JOB": "64", "GATEWAY_LOG_LEVEL": "debug",
+        "GATEWAY_MAX_EVENTS_PER_JOB": "64", "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_STORE": "Redis",
+        "REDIS_URL": "rediss://:pw@redis.internal:6380/2", "REDIS_CA_FILE": "/etc/ca.pem",
+        "GATEWAY_DRAIN_SECONDS": "45", "GATEWAY_LEASE_SECONDS": "2.5", "GATEWAY_INSTANCE": "gateway-7f9c",
     }))
     assert settings.server.listen == "0.0.0.0:6000"
     assert (settings.generator_address, settings.swapper_address) == ("gen:1", "swap:2")
@@ -131,6 +81,12 @@ def test_settings_read_every_variable() -> None:
     assert settings.auth_token == "s3cret-token"
     assert settings.log_level == "DEBUG"
     assert settings.swap_remote_deadline_ms == 6000
+    assert (settings.store, settings.drain_seconds, settings.lease_seconds, settings.instance) == (
+        "redis", 45, 2.5, "gateway-7f9c")
+    assert settings.redis is not None
+    assert (settings.redis.display_url, settings.redis.ca_file) == (
+        "rediss://:***@redis.internal:6380/2", "/etc/ca.pem")
+    assert "pw" not in repr(settings)
 
 
 def test_settings_defaults_and_bad_combinations() -> None:
@@ -143,3 +99,10 @@ def test_settings_defaults_and_bad_combinations() -> None:
         Settings.from_env(Env({"GATEWAY_MAX_JOBS": "5"}))
     with pytest.raises(ConfigError, match="GATEWAY_MAX_RUNNING_JOBS"):
         Settings.from_env(Env({"GATEWAY_MAX_RUNNING_JOBS": "0"}))
+    assert (settings.store, settings.redis) == ("memory", None)
+    with pytest.raises(ConfigError, match="GATEWAY_STORE=redis needs REDIS_URL"):
+        Settings.from_env(Env({"GATEWAY_STORE": "redis"}))
+    with pytest.raises(ConfigError, match="GATEWAY_STORE='etcd' is not one of memory, redis"):
+        Settings.from_env(Env({"GATEWAY_STORE": "etcd"}))
+    with pytest.raises(ConfigError, match="REDIS_URL must start with"):
+        Settings.from_env(Env({"GATEWAY_STORE": "redis", "REDIS_URL": "http://x"}))

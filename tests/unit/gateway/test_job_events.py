@@ -14,12 +14,13 @@ import pytest
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
 from services.common.config import MAX_MESSAGE_BYTES, ServerSettings
 from services.common.errors import DeadlineExceeded, Unavailable
-from services.gateway.admission import Admission
+from services.gateway.admission import AdmissionLimits
+from services.gateway.memory_store import InMemoryJobStore
 from services.gateway.orchestrator import JobRun, Services
 from services.gateway.settings import Settings
-from services.gateway.store import InMemoryJobStore
+from services.gateway.store import ImageCheckpoint, JobStore, Lease, NewJob
 from services.gateway.upstreams import UpstreamFailed, Upstreams, translate
-from services.gateway.validation import check_fields
+from services.gateway.validation import JobSpec, check_fields
 
 pytestmark = pytest.mark.unit
 
@@ -57,8 +58,10 @@ class ScriptedUpstreams:
     hold_generate: asyncio.Event | None = None
     generate_cancelled: bool = False
     swap_requests: list[swapper_pb2.SwapRequest] = field(default_factory=list)
+    generate_requests: list[generator_pb2.GenerateRequest] = field(default_factory=list)
 
     async def generate(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateEvent]:
+        self.generate_requests.append(request)
         try:
             if self.hold_generate is not None:
                 await self.hold_generate.wait()
@@ -90,6 +93,17 @@ def settings() -> Settings:
     return Settings(server=ServerSettings("127.0.0.1:0", 0, MAX_MESSAGE_BYTES))
 
 
+async def claimed(spec: JobSpec, images: dict[int, ImageCheckpoint] | None = None) -> tuple[JobStore, Lease]:
+    """A memory store holding one job, claimed."""
+    store = InMemoryJobStore(60, 10, 1000, AdmissionLimits(2, 2))
+    first = gateway_pb2.JobEvent(job_id="job-1", seq=1, stage=gateway_pb2.STAGE_QUEUED, message="accepted")
+    first.time.GetCurrentTime()
+    await store.create(NewJob("job-1", spec, first, images=images or {}))
+    lease = await store.claim("gw-test")
+    assert lease is not None
+    return store, lease
+
+
 async def run_job(upstreams: ScriptedUpstreams, **request_fields: object) -> list[gateway_pb2.JobEvent]:
     values: dict[str, object] = {"prompt": "p", "num_images": 2, "reference_image": b"clean-bytes"}
     values.update(request_fields)
@@ -98,11 +112,8 @@ async def run_job(upstreams: ScriptedUpstreams, **request_fields: object) -> lis
         spec.reference_image = b"clean-bytes"
     if values.get("target_image"):
         spec.target_image = cast(bytes, values["target_image"])
-    store = InMemoryJobStore(60, 10, 1000)
-    await store.create("job-1")
-    services = Services(settings(), store, cast(Upstreams, upstreams), Admission(2, 2))
-    services.admission.reserve()
-    run = JobRun("job-1", spec, services)
+    store, lease = await claimed(spec)
+    run = JobRun(lease, Services(settings(), store, cast(Upstreams, upstreams)))
     await asyncio.wait_for(run.start(), 5)
     return [ev async for ev in store.watch("job-1", 0)]
 
@@ -234,21 +245,51 @@ async def test_a_reference_key_skips_the_upload() -> None:
 
 
 async def test_a_job_cancelled_before_it_ran_still_ends_with_one_cancelled_event() -> None:
-    store = InMemoryJobStore(60, 10, 100)
-    await store.create("job-1")
     spec = check_fields(gateway_pb2.JobRequest(prompt="p", reference_key="refs/k.png"))
-    services = Services(settings(), store, cast(Upstreams, ScriptedUpstreams()), Admission(1, 1))
-    services.admission.reserve()
-    run = JobRun("job-1", spec, services)
+    store, lease = await claimed(spec)
+    run = JobRun(lease, Services(settings(), store, cast(Upstreams, ScriptedUpstreams())))
     task = run.start()
     run.cancel("cancelled by a test")
     await asyncio.wait_for(task, 5)
     events = [ev async for ev in store.watch("job-1", 0)]
-    assert len(events) == 1
-    result = events[0].result
+    assert [ev.seq for ev in events] == [1, 2]
+    result = events[-1].result
     assert (result.state, result.code, result.message) == (
         gateway_pb2.JOB_STATE_CANCELLED, "CANCELLED", "cancelled by a test")
-    assert services.admission.waiting == 0 and services.admission.running == 0
+
+
+async def test_the_stage_never_goes_backwards_while_images_are_stored_and_swapped() -> None:
+    events = await run_job(ScriptedUpstreams(generate_items=gen_events(2, 3)), num_images=3)
+    check_stream(events)
+    stages = [ev.stage for ev in events]
+    assert stages == sorted(stages), [gateway_pb2.Stage.Name(stage) for stage in stages]
+    assert sum(ev.message.startswith("image") and "stored" in ev.message for ev in events) == 3
+
+
+async def test_a_resumed_job_keeps_finished_images_swaps_stored_ones_and_regenerates_only_the_rest() -> None:
+    request = gateway_pb2.JobRequest(prompt="p", num_images=4, seed=100, reference_key="refs/k.png")
+    spec = check_fields(request)
+    done = gateway_pb2.ImageResult(index=0, url="https://x/0.png", seed=100)
+    images = {0: ImageCheckpoint(stored_key="tmp/0", remote_job_id="r0", endpoint="ep", result=done),
+              1: ImageCheckpoint(stored_key="tmp/1", remote_job_id="r1", endpoint="ep")}
+    store, first = await claimed(spec, images)
+    await store.release(first)
+    lease = await store.claim("gw-next")
+    assert lease is not None and lease.resumed
+    # The generator is asked for images 2..3 only: its image i is the job's image 2 + i.
+    upstreams = ScriptedUpstreams(generate_items=gen_events(2, 2))
+    await asyncio.wait_for(JobRun(lease, Services(settings(), store, cast(Upstreams, upstreams))).start(), 5)
+    events = [ev async for ev in store.watch("job-1", 0)]
+    result = check_stream(events)
+    assert result.state == gateway_pb2.JOB_STATE_COMPLETED
+    assert [img.index for img in result.images] == [0, 1, 2, 3]
+    assert result.images[0] == done, "a finished image is not touched"
+    (generated,) = upstreams.generate_requests
+    assert (generated.seed, generated.num_images) == (102, 2)
+    swapped = sorted((r.image_index, r.target_key, bool(r.target_image)) for r in upstreams.swap_requests)
+    assert swapped == [(1, "tmp/1", False), (2, "", True), (3, "", True)]
+    resumed = [ev for ev in events if ev.resumed]
+    assert len(resumed) == 1 and "gw-next" in resumed[0].message and "1 of 4 images finished" in resumed[0].message
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
