@@ -11,10 +11,10 @@ import pytest
 from facegen.v1 import swapper_pb2_grpc
 from services.common.config import Env
 from services.common.server import ServiceServer
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.service import SERVICE_NAME, SwapperApp
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod
 from tests.integration.swapper.harness import API_KEY, BACKUP, PRIMARY, Harness, MakeSwapper
 
 

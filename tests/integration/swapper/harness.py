@@ -13,9 +13,9 @@ from PIL import Image
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
 from services.common.server import ServiceServer
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.service import SwapperApp
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod
 from tests.waiting import until
 
 API_KEY = "rpa_TESTKEY0123456789abcdefghijklmn"

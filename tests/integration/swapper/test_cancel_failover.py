@@ -10,6 +10,8 @@ import pytest
 
 from facegen.v1 import common_pb2
 from services.common.config import Env
+from services.stack.runpod_emulator import Fault, JobPlan
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.breaker import CircuitBreaker
 from services.swapper.endpoints import Endpoint
@@ -17,7 +19,6 @@ from services.swapper.ratelimit import EndpointRateLimiter
 from services.swapper.remote import RemoteSwapper, SwapInputs
 from services.swapper.runpod import RunPodClient
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod, Fault, JobPlan
 from tests.integration.swapper.harness import BACKUP, PRIMARY, MakeSwapper, kinds, result_of, until
 
 pytestmark = pytest.mark.integration

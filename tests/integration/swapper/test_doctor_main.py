@@ -15,9 +15,10 @@ import pytest
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc
 from services.common.config import Env
 from services.common.health import wait_until_serving
+from services.stack.runpod_emulator import Fault
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.doctor import run_doctor
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod, Fault
 from tests.integration.swapper.harness import API_KEY, PRIMARY, image_bytes
 
 pytestmark = pytest.mark.integration

@@ -492,7 +492,7 @@ def test_local_overlay_wires_the_swapper_to_the_in_cluster_stand_ins() -> None:
     args = worker["args"]
     assert args[args.index("--endpoint-id") + 1] == env["FACE_SWAP_ENDPOINT"]
     assert "--api-key" not in args, "the key belongs in the environment, not the command line"
-    endpoint_main = (REPO / "services/faceswap_worker/endpoint/__main__.py").read_text()
+    endpoint_main = (REPO / "services/stack/runpod_emulator/__main__.py").read_text()
     assert 'os.environ.get("RUNPOD_API_KEY"' in endpoint_main, "the endpoint no longer reads RUNPOD_API_KEY"
     key_ref = value_from(worker, "RUNPOD_API_KEY")["secretKeyRef"]
     swapper_spec = find(objects, "Deployment", "swapper")["spec"]["template"]["spec"]
