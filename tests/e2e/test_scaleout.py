@@ -162,7 +162,7 @@ def test_admission_limits_hold_for_the_deployment(cluster: Cluster, face: bytes)
 def test_a_job_survives_the_sigkill_of_its_gateway_during_generation(cluster: Cluster, face: bytes) -> None:
     runs = cluster.runs()
     stub = cluster.stub(cluster.names[0])
-    submitted = stub.Submit(job(face, steps=60, width=512, height=512, num_images=2, seed=7), timeout=60)
+    submitted = stub.Submit(job(face, steps=50, width=512, height=512, num_images=2, seed=7), timeout=60)
     seen = until(cluster.stub(cluster.names[1]).Watch(gateway_pb2.WatchRequest(job_id=submitted.job_id), timeout=120),
                  lambda event: event.denoise.step >= 3)
     events, _survivor, failover = kill_holder_and_follow(cluster, submitted.job_id, seen)
@@ -216,7 +216,7 @@ def test_sigterm_drains_a_gateway_without_cancelling_its_jobs(cluster: Cluster, 
 def test_a_redis_restart_mid_job_is_clear_while_it_lasts_and_loses_no_acknowledged_job(
         cluster: Cluster, face: bytes) -> None:
     a = cluster.stub(cluster.names[0])
-    submitted = a.Submit(job(face, steps=60, width=512, height=512), timeout=60)
+    submitted = a.Submit(job(face, steps=50, width=512, height=512), timeout=60)
     until(a.Watch(gateway_pb2.WatchRequest(job_id=submitted.job_id), timeout=120),
           lambda event: event.HasField("denoise"))
     cluster.stack.services["redis"].kill()
