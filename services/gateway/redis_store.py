@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from facegen.v1 import gateway_pb2
 from services.common import logs
 from services.common.errors import NotFound, ResourceExhausted
-from services.common.redis import REDIS_DOWN, RedisSettings, connect
+from services.common.redis import REDIS_DOWN, RedisSettings, connect, is_outage
 from services.gateway.admission import AdmissionLimits
 from services.gateway.redis_codec import (
     SNAPSHOT_FIELDS,
@@ -361,7 +361,10 @@ class RedisJobStore(JobStore):
                          for index in range(min(FLUSH_BATCH, len(box.items)))]
                 try:
                     answers = await self._run_scripts(batch)
-                except REDIS_DOWN as exc:
+                    outage = next((answer for answer in answers if is_outage(answer)), None)
+                    if outage is not None:
+                        raise StoreUnavailable(f"Redis refused the write: {outage}")
+                except (*REDIS_DOWN, StoreUnavailable) as exc:
                     if not box.failing:
                         logs.event(log, "store.write_delayed", logging.WARNING, job=lease.job_id,
                                    pending=len(box.items), error=exc)
@@ -377,6 +380,7 @@ class RedisJobStore(JobStore):
 
     async def _settle(self, lease: Lease, box: _Outbox, answers: list[Any]) -> None:
         for answer in answers:
+            # The scripts' own refusals: another gateway holds the job now (or it is gone).
             if isinstance(answer, ResponseError):
                 logs.event(log, "store.lease_lost", logging.WARNING, job=lease.job_id, error=answer)
                 box.lost = True
@@ -507,3 +511,7 @@ async def _reaching_redis() -> AsyncGenerator[None]:
         yield
     except REDIS_DOWN as exc:
         raise StoreUnavailable(f"Redis cannot be reached: {exc}") from None
+    except ResponseError as exc:
+        if is_outage(exc):
+            raise StoreUnavailable(f"Redis refused the request: {exc}") from None
+        raise
