@@ -16,10 +16,11 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: venv worker-venv models redis-server
 
+# The services' dependencies, the local stack's (extra `local`) and the tests' and tools' (`dev`).
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,local]'
 	touch $@
 
 # The face-swap worker has its own environment: mediapipe 0.10.x needs

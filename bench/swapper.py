@@ -1,7 +1,7 @@
 """Swapper benchmark: completion detection, 200 concurrent swaps, reference deduplication.
 
 Runs the real swapper process (``python -m services.swapper``) against the
-embedded S3 server (its own process) and the scripted fake RunPod endpoint
+local S3 server (its own process) and the scripted fake RunPod endpoint
 (in this process, so that its job completion times and the client's event
 times share one clock).
 
@@ -81,9 +81,9 @@ def base_env() -> dict[str, str]:
 
 @contextmanager
 def s3_process() -> Any:
-    """The embedded S3 server in its own process."""
+    """The local S3 server (services.stack.s3_server) in its own process."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "services.swapper.embedded_s3", "--listen",
+    process = subprocess.Popen([sys.executable, "-m", "services.stack.s3_server", "--listen",
                                 f"127.0.0.1:{port}"], env=base_env(), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -91,11 +91,11 @@ def s3_process() -> Any:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"{url}/_embedded/stats", timeout=1).read()
+                urllib.request.urlopen(f"{url}/_local/stats", timeout=1).read()
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the embedded S3 server did not start") from None
+                    raise RuntimeError("the local S3 server did not start") from None
                 time.sleep(0.1)
         yield url
     finally:
@@ -104,7 +104,7 @@ def s3_process() -> Any:
 
 
 def s3_counts(url: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{url}/_embedded/stats", timeout=5) as response:
+    with urllib.request.urlopen(f"{url}/_local/stats", timeout=5) as response:
         return dict(json.loads(response.read()))
 
 

@@ -11,7 +11,8 @@ COPY constraints.txt /tmp/constraints.txt
 # against its imports), each pinned by constraints.txt: no torch, no diffusers.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
-        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow redis hiredis
+        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow pydantic-settings \
+        redis hiredis
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \
@@ -19,9 +20,11 @@ RUN groupadd --system --gid 10001 facegen \
         --shell /usr/sbin/nologin facegen
 COPY --from=deps /opt/venv /opt/venv
 # The sources run in place from /app, laid out as in the repository (like the
-# editable install that the tests exercise, package data such as *.toml included).
+# editable install that the tests exercise): the contracts, services/common and the gateway only.
 COPY protos/ /app/protos/
-COPY services/ /app/services/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/common/ /app/services/common/
+COPY services/gateway/ /app/services/gateway/
 COPY deploy/docker/grpc_health_check.py /opt/facegen/grpc_health_check.py
 # Bytecode compiled now: the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen

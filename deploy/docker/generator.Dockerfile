@@ -39,7 +39,9 @@ FROM deps AS models
 # works with no weights at all; 0: an empty /opt/facegen/models for a mounted volume.
 ARG TINY_MODELS=1
 COPY protos/ /app/protos/
-COPY services/ /app/services/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/common/ /app/services/common/
+COPY services/generator/ /app/services/generator/
 # safetensors writes its files 0600: make them readable by the unprivileged runtime user.
 RUN mkdir -p /opt/facegen/models \
     && if [ "$TINY_MODELS" = "1" ]; then \
@@ -56,9 +58,12 @@ RUN groupadd --system --gid 10001 facegen \
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=models /opt/facegen/models /opt/facegen/models
 # The sources run in place from /app, laid out as in the repository (like the
-# editable install that the tests exercise, package data such as catalog.toml included).
+# editable install that the tests exercise, package data such as catalog.toml included):
+# the contracts, services/common and the generator only.
 COPY protos/ /app/protos/
-COPY services/ /app/services/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/common/ /app/services/common/
+COPY services/generator/ /app/services/generator/
 COPY deploy/docker/grpc_health_check.py /opt/facegen/grpc_health_check.py
 # Bytecode compiled now: the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen/grpc_health_check.py \

@@ -8,16 +8,13 @@ FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 COPY constraints.txt /tmp/constraints.txt
 # Only the distributions the swapper imports (tests/unit/deploy checks this list
-# against its imports), each pinned by constraints.txt: no torch, no diffusers.
-# matplotlib and scikit-image ship the two sample portraits that
-# `python -m services.swapper doctor` swaps to check a deployment end to end
-# (about 250 MB with numpy and scipy; remove them if you never run the doctor in
-# the container). moto is left out: the embedded store runs only when S3_ENDPOINT_URL
-# is unset (its module still needs werkzeug to be importable).
+# against its imports), each pinned by constraints.txt: no torch, no diffusers, and
+# no sample photos (`python -m services.swapper doctor --reference F --target P`
+# swaps photos you give it).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
-        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 aiohttp \
-        redis hiredis werkzeug matplotlib scikit-image
+        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow pydantic-settings \
+        boto3 aiohttp redis hiredis
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \
@@ -25,9 +22,11 @@ RUN groupadd --system --gid 10001 facegen \
         --shell /usr/sbin/nologin facegen
 COPY --from=deps /opt/venv /opt/venv
 # The sources run in place from /app, laid out as in the repository (like the
-# editable install that the tests exercise, package data such as *.toml included).
+# editable install that the tests exercise): the contracts, services/common and the swapper only.
 COPY protos/ /app/protos/
-COPY services/ /app/services/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/common/ /app/services/common/
+COPY services/swapper/ /app/services/swapper/
 COPY deploy/docker/grpc_health_check.py /opt/facegen/grpc_health_check.py
 # Bytecode compiled now: the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen

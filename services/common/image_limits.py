@@ -11,10 +11,10 @@ back. Width and height are checked from the image header, before decoding.
 
 Why a module with no imports beyond the standard library: the worker runs in
 its own environment (mediapipe pins protobuf < 5; no gRPC), and its container
-image copies only its own package and this file, so it imports
-``services.common.image_limits`` without pulling in anything else of
-``services.common`` (whose ``__init__`` must stay import-free for that
-reason). A Python module rather than a data file: typed, checked by mypy,
+image copies only its own package, this file and ``config.py`` (the settings
+base, pydantic-settings only), so it imports them without pulling in
+anything else of ``services.common`` (whose ``__init__`` must stay
+import-free for that reason). A Python module rather than a data file: typed, checked by mypy,
 and read without a parser in either environment.
 """
 

@@ -11,11 +11,13 @@ and two quick retries), so callers can report UNAVAILABLE instead of hanging.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -29,35 +31,36 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.config import ConfigError, Env
+from services.common.config import EnvSettings
 
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
-@dataclass(frozen=True)
-class RedisSettings:
-    """Where Redis is and how to authenticate to it."""
+class RedisSettings(EnvSettings):
+    """Where Redis is and how to authenticate to it: the REDIS_* variables."""
 
-    url: str = field(repr=False)
-    password: str | None = field(default=None, repr=False)
+    model_config = SettingsConfigDict(env_prefix="REDIS_")
+
+    # May hold a password: kept out of repr (display_url masks it).
+    url: str = Field(repr=False)
+    password: SecretStr | None = None
     ca_file: str | None = None
-    connect_timeout_s: float = 1.0
+    connect_timeout_s: float = Field(1.0, ge=0.05, le=60, validation_alias="REDIS_CONNECT_TIMEOUT_SECONDS")
     # Longer than any single command we send; blocking reads use their own connections.
-    command_timeout_s: float = 5.0
+    command_timeout_s: float = Field(5.0, ge=0.1, le=600, validation_alias="REDIS_COMMAND_TIMEOUT_SECONDS")
 
     @classmethod
-    def from_env(cls, env: Env | None = None) -> RedisSettings | None:
-        """Reads REDIS_URL, REDIS_PASSWORD(_FILE) and REDIS_CA_FILE; None when REDIS_URL is unset."""
-        env = env or Env()
-        url = (env.optional("REDIS_URL") or "").strip()
-        if not url:
-            return None
-        scheme = urlsplit(url).scheme
-        if scheme not in _SCHEMES:
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {scheme or url!r}")
-        return cls(url=url, password=env.secret("REDIS_PASSWORD"), ca_file=env.optional("REDIS_CA_FILE"),
-                   connect_timeout_s=env.get_float("REDIS_CONNECT_TIMEOUT_SECONDS", 1.0, minimum=0.05),
-                   command_timeout_s=env.get_float("REDIS_COMMAND_TIMEOUT_SECONDS", 5.0, minimum=0.1))
+    def configured(cls, environ: Mapping[str, str]) -> bool:
+        """Redis is used only when REDIS_URL is set."""
+        return bool(environ.get("REDIS_URL", "").strip())
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        url = url.strip()
+        if urlsplit(url).scheme not in _SCHEMES:
+            raise ValueError("does not start with redis://, rediss:// or unix://")
+        return url
 
     @property
     def display_url(self) -> str:
@@ -82,7 +85,7 @@ def connect(settings: RedisSettings, client_name: str) -> aioredis.Redis:
         "client_name": client_name,
     }
     if settings.password is not None:
-        options["password"] = settings.password
+        options["password"] = settings.password.get_secret_value()
     if settings.ca_file is not None and urlsplit(settings.url).scheme == "rediss":
         options["ssl_ca_certs"] = settings.ca_file
     return aioredis.Redis.from_url(settings.url, **options)

@@ -4,26 +4,21 @@ It adds what every service needs and none should write again: the error
 interceptor, ``grpc.health.v1`` (NOT_SERVING until the service says it is
 ready, NOT_SERVING again as soon as shutdown starts), server reflection (v1 and v1alpha),
 message size limits that fit the largest allowed image, and a graceful stop
-on SIGTERM/SIGINT that lets in-flight streams drain for a grace period.
+that lets in-flight streams drain for a grace period. ``services.common.app``
+runs it for each service.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from services.common import logs
 from services.common.config import ServerSettings
 from services.common.interceptor import ErrorMappingInterceptor
 from services.common.reflection import enable_reflection
-
-log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 MAX_CONNECTION_AGE_MS = 300_000
@@ -84,45 +79,3 @@ class ServiceServer:
         """Reports NOT_SERVING, refuses new calls, and lets in-flight calls drain for ``grace`` s."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-
-
-async def run_until_signal(server: ServiceServer, name: str,
-                           on_start: Callable[[], Awaitable[None]],
-                           on_stop: Callable[[], Awaitable[None]] | None = None,
-                           on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Starts ``server``, runs ``on_start`` (loading, warm-up) then reports SERVING;
-    on SIGTERM or SIGINT reports NOT_SERVING, runs ``on_drain`` (work in
-    progress finishes or is handed over), then stops the server and runs ``on_stop``.
-
-    When ``on_start`` fails the process keeps running and reports NOT_SERVING,
-    so an orchestrator sees an unhealthy service with a clear log line instead
-    of a crash loop.
-    """
-    port = await server.start()
-    logs.event(log, "server.listening", service=name, address=server.settings.listen, port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def start_up() -> None:
-        try:
-            await on_start()
-        except Exception as exc:
-            log.error("event=server.start_failed service=%s error=%s", name, exc,
-                      exc_info=not isinstance(exc, (OSError, ValueError)))
-            return
-        await server.set_serving(True)
-        logs.event(log, "server.serving", service=name, port=port)
-
-    starter = asyncio.create_task(start_up())
-    await stop.wait()
-    logs.event(log, "server.stopping", service=name, grace_s=server.settings.grace_seconds)
-    starter.cancel()
-    if on_drain is not None:
-        await server.set_serving(False)
-        await on_drain()
-    await server.stop()
-    if on_stop is not None:
-        await on_stop()
-    logs.event(log, "server.stopped", service=name)

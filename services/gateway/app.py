@@ -1,14 +1,17 @@
-"""Builds the gateway's server; used by ``__main__``, the tests and the benchmark."""
+"""The gateway's parts and life cycle: job manager, upstream channels, gRPC server (services.common.app)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 import grpc
 
 from facegen.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs
+from services.common.app import ServiceApp
+from services.common.secrets import mask
 from services.common.server import ServiceServer
 from services.gateway.manager import JobManager
 from services.gateway.service import GatewayServicer
@@ -22,7 +25,7 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_na
 HEALTH_POLL_SECONDS = 0.5
 
 
-class GatewayApp:
+class GatewayApp(ServiceApp):
     """The gateway's server, job manager and upstream channels."""
 
     def __init__(self, settings: Settings) -> None:
@@ -34,17 +37,19 @@ class GatewayApp:
         def register(server: grpc.aio.Server) -> None:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
-        self.server = ServiceServer(settings.server, [SERVICE_NAME], register)
+        self.server = ServiceServer(settings, [SERVICE_NAME], register)
         self._health: asyncio.Task[None] | None = None
 
-    async def start(self) -> int:
-        """Starts serving, then reports SERVING once the job store answers; returns the port."""
-        port = await self.server.start()
-        await self.warm_up()
-        await self.server.set_serving(True)
-        return port
+    def describe(self) -> Mapping[str, object]:
+        """Replica, job store, upstreams, limits; the token masked."""
+        settings = self.settings
+        return {"instance": settings.instance, "store": settings.store,
+                "redis": settings.redis.display_url if settings.redis else "-",
+                "generator": settings.generator_address, "swapper": settings.swapper_address,
+                "max_running": settings.max_running_jobs, "max_queued": settings.max_queued_jobs,
+                "drain_s": settings.drain_seconds, "auth": mask(settings.auth_token)}
 
-    async def warm_up(self) -> None:
+    async def prepare(self) -> None:
         """Starts the job manager and waits until the job store answers (NOT_SERVING meanwhile)."""
         await self.manager.start()
         waited = False
@@ -82,8 +87,3 @@ class GatewayApp:
         self._stop_health()
         await self.manager.shutdown()
         await self.upstreams.close()
-
-    async def stop(self, grace: float | None = 0) -> None:
-        """Stops the server (letting streams drain for ``grace`` s), then ``close``."""
-        await self.server.stop(grace)
-        await self.close()

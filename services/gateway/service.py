@@ -7,6 +7,7 @@ import hmac
 from collections.abc import AsyncIterator
 
 import grpc
+from pydantic import SecretStr
 
 from facegen.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.manager import JobManager
@@ -19,10 +20,10 @@ CANCEL_RPC = "cancelled by a Cancel request"
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Implements facegen.v1.GatewayService."""
 
-    def __init__(self, manager: JobManager, upstreams: Upstreams, auth_token: str | None) -> None:
+    def __init__(self, manager: JobManager, upstreams: Upstreams, auth_token: SecretStr | None) -> None:
         self._manager = manager
         self._upstreams = upstreams
-        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token else None
+        self._expected_auth = f"Bearer {auth_token.get_secret_value()}".encode() if auth_token else None
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if self._expected_auth is None:

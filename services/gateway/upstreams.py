@@ -77,7 +77,7 @@ class Upstreams:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        limit = settings.server.max_message_bytes
+        limit = settings.max_message_bytes
         self._generator_channel = internal_channel(settings.generator_address, limit)
         self._swapper_channel = internal_channel(settings.swapper_address, limit)
         self._generator = generator_pb2_grpc.GeneratorServiceStub(self._generator_channel)

@@ -1,12 +1,13 @@
-"""Assembling the generator: settings → catalog → device → engine → gRPC server."""
+"""The generator's parts and life cycle: catalog → device → engine → gRPC server (services.common.app)."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+
+import grpc
 
 from facegen.v1 import generator_pb2, generator_pb2_grpc
-from services.common import logs
+from services.common.app import ServiceApp
 from services.common.server import ServiceServer
 from services.generator.catalog import load_catalog
 from services.generator.device import resolve_device, use_torch_threads
@@ -15,46 +16,44 @@ from services.generator.pipelines import quiet_libraries
 from services.generator.service import GeneratorServicer
 from services.generator.settings import Settings
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 
 
-@dataclass
-class GeneratorApp:
-    """A server and the engine behind it, not yet started."""
+class GeneratorApp(ServiceApp):
+    """The engine and the server in front of it; ``prepare`` loads and warms the default model."""
 
-    server: ServiceServer
-    engine: Engine
+    def __init__(self, settings: Settings) -> None:
+        """Reads the catalog and picks the device (ConfigError when either is wrong); loads no model yet."""
+        self.settings = settings
+        quiet_libraries()
+        self.catalog = load_catalog(settings.catalog_path, settings.models_dir)
+        self.device = resolve_device(settings.device)
+        use_torch_threads(settings.torch_threads, self.device)
+        self.engine = Engine(settings, self.catalog, self.device)
+        servicer = GeneratorServicer(self.engine)
 
-    async def start(self) -> int:
-        """Binds the port and starts taking requests (health stays NOT_SERVING); returns the port."""
+        def register(server: grpc.aio.Server) -> None:
+            generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+
+        self.server = ServiceServer(settings, [SERVICE_NAME], register)
+
+    def describe(self) -> Mapping[str, object]:
+        """Device, catalog and batching."""
+        settings = self.settings
+        return {"device": self.device.describe(), "catalog": settings.catalog_path,
+                "models": ",".join(self.catalog.models), "default": self.catalog.default_model,
+                "isolation": settings.device_isolation, "queue_size": settings.queue_size,
+                "batch_window_ms": settings.batch_window_ms, "max_batch": settings.max_batch_images}
+
+    async def listen(self) -> int:
+        """Starts the engine's worker (requests queue from now on), then binds the port."""
         await self.engine.start()
-        return await self.server.start()
+        return await super().listen()
 
-    async def load(self) -> None:
-        """Loads and warms the default model, then reports SERVING."""
-        await self.engine.load_default(self.engine.settings.warmup)
-        await self.server.set_serving(True)
+    async def prepare(self) -> None:
+        """Loads and warms the default model."""
+        await self.engine.load_default(self.settings.warmup)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drains in-flight calls for ``grace`` seconds, then stops the engine."""
-        await self.server.stop(grace)
+    async def close(self) -> None:
+        """Fails the requests still waiting and stops the device runner."""
         await self.engine.stop()
-
-
-def build_app(settings: Settings) -> GeneratorApp:
-    """Reads the catalog, picks the device and wires the servicer; loads no model yet."""
-    quiet_libraries()
-    catalog = load_catalog(settings.catalog_path, settings.models_dir)
-    device = resolve_device(settings.device)
-    use_torch_threads(settings.torch_threads, device)
-    logs.event(log, "generator.configured", device=device.describe(), catalog=settings.catalog_path,
-               models=",".join(catalog.models), default=catalog.default_model,
-               queue_size=settings.queue_size, batch_window_ms=settings.batch_window_ms,
-               max_batch=settings.max_batch_images)
-    engine = Engine(settings, catalog, device)
-    servicer = GeneratorServicer(engine)
-    server = ServiceServer(settings.server, [SERVICE_NAME],
-                           lambda grpc_server: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(
-                               servicer, grpc_server))
-    return GeneratorApp(server=server, engine=engine)

@@ -1,6 +1,6 @@
 """Starts the whole system on loopback and stops every process it started.
 
-The stack is: an S3-compatible server (moto), the project's face-swap worker
+The stack is: an S3-compatible server (moto's, ``s3_server.py``), the project's face-swap worker
 behind its local RunPod queue API, the generator, the swapper and the gateway
 (or several gateway replicas sharing a Redis job store: ``gateways=N``).
 Each runs as its own process on a free loopback port, wired together by
@@ -29,6 +29,7 @@ import redis
 import requests
 
 from services.common.health import is_serving
+from services.stack.s3_server import STATS_PATH as S3_STATS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
@@ -249,8 +250,8 @@ class LocalStack:
         common = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.extra_env}
         auth = {"Authorization": f"Bearer {self.api_key}"}
         specs = [
-            ServiceProcess("s3", [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
-                           common, lambda: http_ok(f"{a.s3}/moto-api/"), start_timeout=60),
+            ServiceProcess("s3", [python, "-m", "services.stack.s3_server", "--listen", f"127.0.0.1:{ports['s3']}"],
+                           common, lambda: http_ok(f"{a.s3}{S3_STATS_PATH}"), start_timeout=60),
             ServiceProcess("runpod", [str(WORKER_PYTHON), "-m", "services.stack.runpod_emulator",
                                       "--host", "127.0.0.1", "--port", str(ports["runpod"]),
                                       "--endpoint-id", ENDPOINT_ID, "--workers", str(self.workers)],

@@ -1,19 +1,24 @@
-"""``python -m services.swapper doctor``: checks the configuration against the real systems.
+"""``python -m services.swapper doctor --reference FACE --target PHOTO``: checks the configuration
+against the real systems.
 
 It prints the masked API key and the endpoints, calls ``/health`` on each
 endpoint, checks the bucket (write, presigned read, delete) and runs one
-real swap of two sample face photos through the same code the service uses.
-The exit code is 0 only when every check passes.
+real swap of the two photos through the same code the service uses. The
+photos come from whoever runs it (``facegen doctor`` and the local stack
+pass two public-domain samples, ``services.stack.samples``): the swapper
+image ships none. Without them the swap check is skipped, and says so.
+The exit code is 0 only when every check that ran passed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import io
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from PIL import Image
@@ -21,10 +26,10 @@ from PIL import Image
 from facegen.v1 import common_pb2, swapper_pb2
 from services.common.images import inspect_image
 from services.common.secrets import mask
+from services.swapper.app import SwapperApp
 from services.swapper.keys import TEMP_PREFIX
 from services.swapper.runpod import RunPodError
 from services.swapper.s3 import StorageUnavailable
-from services.swapper.service import SwapperApp
 from services.swapper.settings import Settings
 
 Print = Callable[[str], None]
@@ -49,42 +54,42 @@ class Report:
         return bool(self.results) and all(ok for _, ok in self.results)
 
 
-def sample_faces() -> tuple[bytes, bytes]:
-    """Two public-domain portraits shipped in installed packages: (reference JPEG, target PNG)."""
-    from matplotlib.cbook import get_sample_data
-    from skimage import data as skimage_data
-
-    path = get_sample_data("grace_hopper.jpg", asfileobj=False)
-    with open(str(path), "rb") as handle:
-        reference = handle.read()
-    target = io.BytesIO()
-    Image.fromarray(skimage_data.astronaut()).save(target, "PNG")
-    return reference, target.getvalue()
-
-
-def main() -> int:
-    """Reads the settings from the environment and runs the doctor; returns the exit code."""
-    from services.common import logs
-    from services.common.config import ConfigError
-
-    logs.configure("swapper", "WARNING")
+def _photo(path: str) -> bytes:
     try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"FAIL config: {exc}")
-        return 2
-    return asyncio.run(run_doctor(settings))
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc.strerror}") from None
 
 
-async def run_doctor(settings: Settings, out: Print = print) -> int:
-    """Runs every check; returns the process exit code."""
+async def doctor_command(settings: Settings, args: list[str]) -> int:
+    """``doctor [--reference FACE --target PHOTO]`` as a ``services.common.app.Command``."""
+    parser = argparse.ArgumentParser(prog="python -m services.swapper doctor",
+                                     description="check storage and the RunPod endpoint with a real swap")
+    parser.add_argument("--reference", type=_photo, help="a photo of the face to swap in")
+    parser.add_argument("--target", type=_photo, help="a photo with a face to swap it onto")
+    parsed = parser.parse_args(args)
+    if (parsed.reference is None) != (parsed.target is None):
+        parser.error("--reference and --target go together")
+    photos = (parsed.reference, parsed.target) if parsed.reference is not None else None
+    return await run_doctor(settings, photos)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """``python -m services.swapper doctor [argv]``: the settings from the environment; returns the exit code."""
+    from services.common.app import run_service
+    from services.swapper.commands import COMMANDS
+
+    return run_service(SwapperApp, Settings, "swapper", COMMANDS, ["doctor", *argv])
+
+
+async def run_doctor(settings: Settings, photos: tuple[bytes, bytes] | None, out: Print = print) -> int:
+    """Runs every check (the swap with ``photos``: reference face, target photo); returns the exit code."""
     runpod = settings.runpod
     out("facegen swapper doctor")
     out(f"  RunPod API key  {mask(runpod.api_key)}")
     out(f"  RunPod API base {runpod.api_base}")
     out(f"  endpoints       {', '.join(runpod.endpoints) or '(none)'}")
-    out(f"  storage         {settings.storage.endpoint_url or 'embedded (loopback, in memory)'} "
-        f"bucket {settings.storage.bucket}")
+    out(f"  storage         {settings.storage.endpoint} bucket {settings.storage.bucket}")
     report = Report(out)
     app = SwapperApp(settings)
     try:
@@ -92,12 +97,15 @@ async def run_doctor(settings: Settings, out: Print = print) -> int:
             report.record("config", False, "FACE_SWAP_ENDPOINT is not set")
         await _check_health(app, report)
         storage_ok = await _check_storage(app, report)
-        if storage_ok and runpod.endpoints:
-            await _check_swap(app, report)
+        if runpod.endpoints and photos is None:
+            out("SKIP swap: no photos given (--reference FACE --target PHOTO)")
+        elif storage_ok and runpod.endpoints:
+            assert photos is not None
+            await _check_swap(app, report, *photos)
         elif runpod.endpoints:
             report.record("swap", False, "skipped: storage is not usable")
     finally:
-        await app.stop()
+        await app.close()
     passed = report.passed
     total = len(report.results)
     failed = sum(1 for _, ok in report.results if not ok)
@@ -124,7 +132,7 @@ async def _check_health(app: SwapperApp, report: Report) -> None:
 
 async def _check_storage(app: SwapperApp, report: Report) -> bool:
     try:
-        await app.start_once()
+        await app.prepare_once()
     except StorageUnavailable as exc:
         return report.record("storage", False, str(exc))
     storage = app.storage
@@ -155,13 +163,7 @@ async def _check_storage(app: SwapperApp, report: Report) -> bool:
                          f"({elapsed} ms)")
 
 
-async def _check_swap(app: SwapperApp, report: Report) -> None:
-    try:
-        reference, target = sample_faces()
-    except (ImportError, OSError) as exc:
-        report.record("swap", False, f"the sample photos are unavailable ({exc}); "
-                      "install matplotlib and scikit-image")
-        return
+async def _check_swap(app: SwapperApp, report: Report, reference: bytes, target: bytes) -> None:
     core = app.core
     started = time.monotonic()
     job_id = f"doctor-{secrets.token_hex(4)}"

@@ -44,21 +44,19 @@ def error_code(exc: ClientError) -> str:
 class S3Bucket:
     """A thread-safe boto3 client for one bucket."""
 
-    def __init__(self, settings: StorageSettings, endpoint_url: str, access_key_id: str,
-                 secret_access_key: str, pool_size: int = 32) -> None:
+    def __init__(self, settings: StorageSettings, pool_size: int = 32) -> None:
         self.settings = settings
         self.bucket = settings.bucket
-        self.endpoint_url = endpoint_url
-        self._key_id = access_key_id
+        self.endpoint_url = settings.endpoint
         global _SESSION
         with _SESSION_LOCK:
             if _SESSION is None:
                 _SESSION = boto3.session.Session()
             self.client: Any = _SESSION.client(
                 "s3",
-                endpoint_url=endpoint_url,
-                aws_access_key_id=access_key_id,
-                aws_secret_access_key=secret_access_key,
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=settings.access_key_id.get_secret_value(),
+                aws_secret_access_key=settings.secret_access_key.get_secret_value(),
                 region_name=settings.region,
                 config=Config(
                     signature_version="s3v4",
@@ -83,8 +81,9 @@ class S3Bucket:
             if code == "NoSuchBucket" or (code in ("404", "NotFound") and action == "check the bucket"):
                 return f"cannot {action}: {where} does not exist (create it, or set S3_CREATE_BUCKET=true)"
             if code in _CREDENTIAL_CODES or status in (401, 403):
-                return (f"cannot {action}: the storage credentials (access key {mask(self._key_id)}) were "
-                        f"rejected for {where} ({code or status})")
+                key = mask(self.settings.access_key_id)
+                return (f"cannot {action}: the storage credentials (access key {key}) were rejected for {where} "
+                        f"({code or status})")
             return f"cannot {action}: {where} answered {code or 'an error'} (HTTP {status})"
         if isinstance(exc, NoCredentialsError):
             return f"cannot {action}: no storage credentials are configured"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from facegen.v1 import common_pb2, swapper_pb2
@@ -23,6 +23,7 @@ from services.common.errors import FailedPrecondition, NotFound, ResourceExhaust
 from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.fallback import DISABLED, SwapFallback
+from services.swapper.handoff import handed_over
 from services.swapper.inputs import CheckedImage, check_image, check_job, check_reference_key, check_swap_request
 from services.swapper.jobs import CallerGone, RemoteEvent, RemoteJob, Submitted, SwapInputs, SwapSuccess
 from services.swapper.keys import result_key, temp_key
@@ -115,6 +116,12 @@ class Swapper:
             logs.event(log, "swap.cancelled", index=index, state=before.state if before else "-",
                        remote_cancelled=cancelled)
             return cancelled
+
+    def events(self, request: swapper_pb2.SwapRequest,
+               time_remaining: float | None = None) -> AsyncGenerator[swapper_pb2.SwapEvent, None]:
+        """``swap`` as an async generator of its events (each one sent before the swap goes on)."""
+        return handed_over(lambda emit: self.swap(request, emit, time_remaining),
+                           lambda: CallerGone("the caller went away"))
 
     async def swap(self, request: swapper_pb2.SwapRequest, emit: EmitEvent,
                    time_remaining: float | None = None) -> None:

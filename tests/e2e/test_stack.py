@@ -25,6 +25,7 @@ from PIL import Image
 from facegen.v1 import common_pb2, gateway_pb2
 from services.common.images import sniff_mime
 from services.stack.launcher import REPO_ROOT
+from services.stack.samples import write_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -196,11 +197,13 @@ def test_cancel_while_the_remote_job_waits_cancels_it_on_runpod(gateway, face, t
     assert runpod.status(remote_id)["status"] == "CANCELLED"
 
 
-def test_doctor_passes_against_the_local_endpoint(stack) -> None:
+def test_doctor_passes_against_the_local_endpoint(stack, tmp_path) -> None:
     env = {**os.environ, **stack.swapper_env(), "S3_MANAGE_LIFECYCLE": "false"}
-    doctor = subprocess.run([sys.executable, "-m", "services.swapper", "doctor"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    reference, target = write_samples(tmp_path)
+    doctor = subprocess.run([sys.executable, "-m", "services.swapper", "doctor", "--reference", str(reference),
+                             "--target", str(target)], env=env, capture_output=True, text=True, timeout=120)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "PASS swap: external_api" in doctor.stdout
     assert stack.api_key not in doctor.stdout + doctor.stderr  # the key is shown masked only
 
 

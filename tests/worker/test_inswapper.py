@@ -136,7 +136,7 @@ def test_engine_choice_follows_faceswap_engine(models: dict[str, Path], tmp_path
         InswapperRenderer(str(models["identity"]), "")
     with pytest.raises(ValueError, match=f"FACESWAP_ARCFACE_MODEL: no model file at {tmp_path}/missing.onnx"):
         InswapperRenderer(str(models["identity"]), str(tmp_path / "missing.onnx"))
-    with pytest.raises(ValueError, match="FACESWAP_ENGINE must be one of auto, classic, inswapper"):
+    with pytest.raises(ValueError, match="FACESWAP_ENGINE='roop' is not one of auto, classic, inswapper"):
         WorkerSettings.from_env({"FACESWAP_ENGINE": "roop"})
 
 

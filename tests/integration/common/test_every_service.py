@@ -1,9 +1,9 @@
 """What the shared server code gives every service, checked on the real gateway, generator and swapper.
 
-Each server is built the way its ``__main__`` builds it and started on a
-loopback port; nothing a request could reach behind the server is needed
-(the generator loads no model, the swapper checks no storage), because what
-is checked here happens before any servicer method runs.
+Each server is built the way its ``__main__`` builds it (``services.common.app``)
+and listens on a loopback port; nothing a request could reach behind the
+server is needed, because what is checked here happens before any servicer
+method runs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -20,15 +21,14 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from facegen.v1 import gateway_pb2, generator_pb2, swapper_pb2
-from services.common.config import MAX_MESSAGE_BYTES, Env, ServerSettings
-from services.common.server import ServiceServer
+from services.common.app import ServiceApp
+from services.common.config import ServerSettings
 from services.gateway.app import GatewayApp
 from services.gateway.settings import Settings as GatewaySettings
-from services.generator.app import build_app
+from services.generator.app import GeneratorApp
 from services.generator.settings import DEFAULT_MODELS_DIR
 from services.generator.settings import Settings as GeneratorSettings
-from services.swapper.service import SERVICE_NAME as SWAPPER_SERVICE
-from services.swapper.service import SwapperApp
+from services.swapper.app import SwapperApp
 from services.swapper.settings import Settings as SwapperSettings
 
 pytestmark = pytest.mark.integration
@@ -43,46 +43,31 @@ SERVICES = {
 }
 
 
-@contextlib.asynccontextmanager
-async def _gateway() -> AsyncIterator[int]:
+# Each service as its __main__ builds it: its settings class from an environment, then its app. What is
+# checked here needs no prepare(): the generator loads no model, the swapper checks no storage.
+APPS: dict[str, tuple[Callable[[Any], ServiceApp], type[ServerSettings], dict[str, str]]] = {
     # With a token, to show that a malformed request is answered before (and without) the auth check.
-    app = GatewayApp(GatewaySettings(server=ServerSettings("127.0.0.1:0", 0, MAX_MESSAGE_BYTES),
-                                     generator_address="127.0.0.1:1", swapper_address="127.0.0.1:1",
-                                     auth_token="secret-token"))
-    port = await app.start()
+    "gateway": (GatewayApp, GatewaySettings, {"GATEWAY_AUTH_TOKEN": "secret-token", "GENERATOR_ADDRESS": "127.0.0.1:1",
+                                              "SWAPPER_ADDRESS": "127.0.0.1:1"}),
+    "generator": (GeneratorApp, GeneratorSettings, {"GENERATOR_MODELS_DIR": str(DEFAULT_MODELS_DIR),
+                                                    "GENERATOR_DEVICE": "cpu"}),
+    "swapper": (SwapperApp, SwapperSettings, {"S3_ENDPOINT_URL": "http://127.0.0.1:1", "S3_ACCESS_KEY_ID": "k",
+                                              "S3_SECRET_ACCESS_KEY": "s"}),
+}
+
+
+@contextlib.asynccontextmanager
+async def listening(name: str) -> AsyncIterator[int]:
+    """The service's app, listening (NOT_SERVING) on a free loopback port."""
+    app_class, settings_class, env = APPS[name]
+    prefix = name.upper()
+    app = app_class(settings_class.from_env({f"{prefix}_LISTEN": "127.0.0.1:0", f"{prefix}_GRACE_SECONDS": "0",
+                                             **env}))
+    port = await app.listen()
     try:
         yield port
     finally:
         await app.stop()
-
-
-@contextlib.asynccontextmanager
-async def _generator() -> AsyncIterator[int]:
-    app = build_app(GeneratorSettings.from_env(Env({
-        "GENERATOR_LISTEN": "127.0.0.1:0", "GENERATOR_MODELS_DIR": str(DEFAULT_MODELS_DIR),
-        "GENERATOR_DEVICE": "cpu"})))
-    port = await app.server.start()
-    try:
-        yield port
-    finally:
-        await app.server.stop(0)
-
-
-@contextlib.asynccontextmanager
-async def _swapper() -> AsyncIterator[int]:
-    settings = SwapperSettings.from_env(Env({"SWAPPER_LISTEN": "127.0.0.1:0"}))
-    app = SwapperApp(settings)
-    server = ServiceServer(settings.server, [SWAPPER_SERVICE], app.register)
-    port = await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(0)
-        await app.stop()
-
-
-STARTERS: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[int]]] = {
-    "gateway": _gateway, "generator": _generator, "swapper": _swapper}
 
 
 def _string_field(message: Descriptor) -> FieldDescriptor | None:
@@ -122,7 +107,7 @@ async def _send(channel: grpc.aio.Channel, method: MethodDescriptor, payload: by
 @pytest.mark.parametrize("name", sorted(SERVICES))
 async def test_malformed_request_bytes_get_invalid_argument_and_one_warning(
         name: str, caplog: pytest.LogCaptureFixture) -> None:
-    async with STARTERS[name]() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with listening(name) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         # Derived from v1alpha when the first server starts (grpcio-reflection has no v1 module).
         reflection_v1 = descriptor_pool.Default().FindServiceByName("grpc.reflection.v1.ServerReflection")
         calls = [call for service in (SERVICES[name], *SHARED, reflection_v1) for call in _calls(service)]
@@ -159,7 +144,7 @@ async def _reflect(channel: grpc.aio.Channel, version: str,
 @pytest.mark.parametrize("name", sorted(SERVICES))
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])
 async def test_reflection_v1_and_v1alpha_list_and_describe_the_services(name: str, version: str) -> None:
-    async with STARTERS[name]() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with listening(name) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         listed = await _reflect(channel, version, reflection_pb2.ServerReflectionRequest(list_services=""))
         names = {service.name for service in listed.list_services_response.service}
         assert names == {SERVICES[name].full_name, "grpc.health.v1.Health",

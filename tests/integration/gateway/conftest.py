@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from facegen.v1 import gateway_pb2_grpc
-from services.common.config import MAX_MESSAGE_BYTES, ServerSettings
+from services.common.config import MAX_MESSAGE_BYTES
 from services.common.redis import RedisSettings
 from services.common.server import message_size_options
 from services.gateway.app import GatewayApp
@@ -68,7 +68,8 @@ async def start_gateway(upstreams: FakeUpstreams, store_kind: str,
 
     async def start(**overrides: Any) -> Gateway:
         values: dict[str, Any] = {
-            "server": ServerSettings("127.0.0.1:0", 0, MAX_MESSAGE_BYTES),
+            "listen": "127.0.0.1:0",
+            "grace_seconds": 0,
             "generator_address": upstreams.generator_address,
             "swapper_address": upstreams.swapper_address,
             "connect_timeout_seconds": 2.0,

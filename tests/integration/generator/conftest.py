@@ -13,8 +13,7 @@ import pytest
 
 from facegen.v1 import generator_pb2, generator_pb2_grpc
 from services.common.channel import internal_channel
-from services.common.config import Env
-from services.generator.app import GeneratorApp, build_app
+from services.generator.app import GeneratorApp
 from services.generator.settings import DEFAULT_MODELS_DIR, Settings
 from services.generator.tiny_models import ensure_built
 
@@ -51,16 +50,16 @@ def start_generator(tiny_models_dir: Path) -> Starter:
 
     @contextlib.asynccontextmanager
     async def start(load: bool = True, **env: str) -> AsyncIterator[Running]:
-        settings = Settings.from_env(Env({
+        settings = Settings.from_env({
             "GENERATOR_LISTEN": "127.0.0.1:0", "GENERATOR_MODELS_DIR": str(tiny_models_dir),
             "GENERATOR_DEVICE": "cpu", "GENERATOR_WARMUP": "false", **env,
-        }))
-        app = build_app(settings)
-        port = await app.start()
+        })
+        app = GeneratorApp(settings)
+        port = await app.listen()
         channel = internal_channel(f"127.0.0.1:{port}")
         try:
             if load:
-                await app.load()
+                await app.ready()
             yield Running(app, channel, generator_pb2_grpc.GeneratorServiceStub(channel), port)
         finally:
             await channel.close()

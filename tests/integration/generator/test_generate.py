@@ -76,7 +76,7 @@ async def test_health_is_not_serving_until_the_default_model_is_loaded(start_gen
         assert (await health.Check(request)).status == health_pb2.HealthCheckResponse.NOT_SERVING
         models = {m.name: m for m in (await gen.stub.ListModels(common_pb2.ListModelsRequest())).models}
         assert not models["tiny-sd"].loaded and models["tiny-sd"].is_default
-        await gen.app.load()
+        await gen.app.ready()
         assert (await health.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
         models = {m.name: m for m in (await gen.stub.ListModels(common_pb2.ListModelsRequest())).models}
         assert models["tiny-sd"].loaded and not models["tiny-sdxl"].loaded

@@ -1,4 +1,4 @@
-"""Fixtures for the swapper's integration tests: embedded S3, the fake RunPod, in-process servers."""
+"""Fixtures for the swapper's integration tests: the local S3 server, the fake RunPod, in-process servers."""
 
 from __future__ import annotations
 
@@ -10,20 +10,18 @@ import grpc
 import pytest
 
 from facegen.v1 import swapper_pb2_grpc
-from services.common.config import Env
-from services.common.server import ServiceServer
 from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
-from services.swapper.embedded_s3 import EmbeddedS3
-from services.swapper.service import SERVICE_NAME, SwapperApp
+from services.stack.s3_server import LocalS3
+from services.swapper.app import SwapperApp
 from services.swapper.settings import Settings
 from tests.integration.swapper.harness import API_KEY, BACKUP, PRIMARY, Harness, MakeSwapper
 from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[EmbeddedS3]:
+def s3_server() -> Iterator[LocalS3]:
     """moto's S3 on loopback, shared by the session (each test uses its own bucket)."""
-    server = EmbeddedS3().start()
+    server = LocalS3().start()
     yield server
     server.stop()
 
@@ -45,8 +43,8 @@ def bucket() -> str:
 
 
 @pytest.fixture
-def base_env(s3_server: EmbeddedS3, fake_runpod: FakeRunPod, bucket: str) -> dict[str, str]:
-    """Settings for a swapper on the embedded S3 and the fake RunPod, with short timings for tests."""
+def base_env(s3_server: LocalS3, fake_runpod: FakeRunPod, bucket: str) -> dict[str, str]:
+    """Settings for a swapper on the local S3 server and the fake RunPod, with short timings for tests."""
     return {
         "S3_ENDPOINT_URL": s3_server.url,
         "S3_ACCESS_KEY_ID": "test-access-key",
@@ -81,16 +79,14 @@ async def make_swapper(base_env: dict[str, str], fake_runpod: FakeRunPod) -> Asy
                 env.pop(name, None)
             else:
                 env[name] = value
-        settings = Settings.from_env(Env(env))
+        settings = Settings.from_env(env)
         app = SwapperApp(settings)
-        server = ServiceServer(settings.server, [SERVICE_NAME], app.register)
-        port = await server.start()
+        port = await app.listen()
         if ready:
-            await app.start_once()
-            await server.set_serving(True)
+            await app.prepare_once()
+            await app.server.set_serving(True)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        harness = Harness(app, server, channel, swapper_pb2_grpc.SwapperServiceStub(channel), settings,
-                          fake_runpod)
+        harness = Harness(app, channel, swapper_pb2_grpc.SwapperServiceStub(channel), settings, fake_runpod)
         made.append(harness)
         return harness
 

@@ -12,9 +12,8 @@ import grpc
 from PIL import Image
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
-from services.common.server import ServiceServer
 from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
-from services.swapper.service import SwapperApp
+from services.swapper.app import SwapperApp
 from services.swapper.settings import Settings
 from tests.waiting import until
 
@@ -36,7 +35,6 @@ class Harness:
     """One in-process swapper server and a client for it."""
 
     app: SwapperApp
-    server: ServiceServer
     channel: grpc.aio.Channel
     stub: swapper_pb2_grpc.SwapperServiceStub
     settings: Settings
@@ -102,8 +100,7 @@ class Harness:
     async def close(self) -> None:
         """Stops everything this harness started."""
         await self.channel.close()
-        await self.server.stop(0)
-        await self.app.stop()
+        await self.app.stop(0)
 
 
 def result_of(events: list[swapper_pb2.SwapEvent]) -> swapper_pb2.SwapResult:

@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from facegen.v1 import common_pb2
-from services.common.config import Env
 from services.stack.runpod_emulator import Fault, JobPlan
 from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.blocking import BlockingPool, CallScope
@@ -19,7 +18,7 @@ from services.swapper.jobs import SwapInputs
 from services.swapper.ratelimit import EndpointRateLimiter
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
-from services.swapper.settings import Settings
+from services.swapper.settings import RunPodSettings
 from tests.integration.swapper.harness import BACKUP, PRIMARY, MakeSwapper, kinds, result_of, until
 
 pytestmark = pytest.mark.integration
@@ -205,16 +204,16 @@ async def test_many_swaps_end_cleanly(make_swapper: MakeSwapper) -> None:
 async def test_rate_limit_is_shared_by_every_job_in_flight(fake_runpod: FakeRunPod) -> None:
     """Eight jobs at once never put more than the limit's worth of requests in any window."""
     fake_runpod.endpoint(PRIMARY).plan = JobPlan(run_s=0.4, fetch_inputs=False)
-    settings = Settings.from_env(Env({"FACE_SWAP_ENDPOINT": PRIMARY, "RUNPOD_API_KEY": fake_runpod.api_key,
-                                      "RUNPOD_API_BASE": fake_runpod.base_url, "FACE_SWAP_STATUS_WAIT_MS": "0",
-                                      "FACE_SWAP_POLL_MIN_MS": "10", "FACE_SWAP_POLL_MAX_MS": "10"}))
+    settings = RunPodSettings.from_env({"FACE_SWAP_ENDPOINT": PRIMARY, "RUNPOD_API_KEY": fake_runpod.api_key,
+                                        "RUNPOD_API_BASE": fake_runpod.base_url, "FACE_SWAP_STATUS_WAIT_MS": "0",
+                                        "FACE_SWAP_POLL_MIN_MS": "10", "FACE_SWAP_POLL_MAX_MS": "10"})
     window = 0.5
     limiter = EndpointRateLimiter.for_runpod(safety=1.0, limits={"run": 3, "status": 6, "cancel": 2},
                                              window=window)
     endpoint = Endpoint(PRIMARY, breaker=CircuitBreaker(), limiter=limiter, wait_ms=0)
     pool = BlockingPool("t-work", 4)
-    client = RunPodClient(settings.runpod.api_base, fake_runpod.api_key)
-    remote = RemoteSwapper(settings.runpod, client, [endpoint], pool)
+    client = RunPodClient(settings.api_base, fake_runpod.api_key)
+    remote = RemoteSwapper(settings, client, [endpoint], pool)
 
     async def one() -> None:
         async def emit(_event: object) -> None:

@@ -8,15 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
 
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc
-from services.common.config import Env
 from services.common.health import wait_until_serving
 from services.stack.runpod_emulator import Fault
 from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
+from services.stack.samples import reference_face, template_photo, write_samples
 from services.swapper.doctor import run_doctor
 from services.swapper.s3 import S3Bucket
 from services.swapper.settings import Settings
@@ -25,9 +26,10 @@ from tests.integration.swapper.harness import API_KEY, PRIMARY, image_bytes
 pytestmark = pytest.mark.integration
 
 
-async def doctor(env: dict[str, str]) -> tuple[int, str]:
+async def doctor(env: dict[str, str], photos: bool = True) -> tuple[int, str]:
     lines: list[str] = []
-    code = await run_doctor(Settings.from_env(Env(env)), lines.append)
+    samples = (reference_face(), template_photo()) if photos else None
+    code = await run_doctor(Settings.from_env(env), samples, lines.append)
     return code, "\n".join(lines)
 
 
@@ -113,15 +115,36 @@ async def test_a_configuration_error_exits_with_a_clear_message(base_env: dict[s
         subprocess.run, [sys.executable, "-m", "services.swapper"],
         env=process_env(base_env, FACE_SWAP_DEADLINE_SECONDS="soon"), capture_output=True, timeout=30)
     assert result.returncode == 2
-    assert b"FACE_SWAP_DEADLINE_SECONDS='soon' is not a number" in result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "swapper: configuration error: FACE_SWAP_DEADLINE_SECONDS='soon' is not a number (allowed range [1, 86400])"]
 
 
-async def test_doctor_command_exit_code(base_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("command", ["serve", "setup", "doctor"])
+async def test_without_a_store_every_command_says_it_needs_one(base_env: dict[str, str], command: str) -> None:
+    env = {k: v for k, v in process_env(base_env).items() if k != "S3_ENDPOINT_URL"}
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.swapper", command],
+                                     env=env, capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("swapper: configuration error: S3_ENDPOINT_URL is required but not set")
+
+
+async def test_doctor_command_swaps_the_photos_it_is_given(base_env: dict[str, str], tmp_path: Path) -> None:
+    reference, target = write_samples(tmp_path)
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "services.swapper", "doctor"],
-        env=process_env(base_env), capture_output=True, timeout=60)
+        subprocess.run, [sys.executable, "-m", "services.swapper", "doctor", "--reference", str(reference),
+                         "--target", str(target)], env=process_env(base_env), capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"PASS swap: external_api 512x512" in result.stdout
     assert b"doctor: all 3 checks passed" in result.stdout
+
+
+async def test_doctor_without_photos_skips_the_swap_and_says_so(base_env: dict[str, str],
+                                                                 fake_runpod: FakeRunPod) -> None:
+    code, output = await doctor(base_env, photos=False)
+    assert code == 0, output
+    assert "SKIP swap: no photos given (--reference FACE --target PHOTO)" in output
+    assert "doctor: all 2 checks passed" in output
+    assert fake_runpod.count("run") == 0
 
 
 async def test_setup_command_prepares_the_bucket_and_exits(base_env: dict[str, str], bucket: str) -> None:
@@ -130,9 +153,8 @@ async def test_setup_command_prepares_the_bucket_and_exits(base_env: dict[str, s
         env=process_env(base_env, S3_MANAGE_LIFECYCLE="false"), capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert b"event=storage.setup_done" in result.stdout and b"lifecycle rules installed" in result.stdout
-    settings = Settings.from_env(Env(base_env))
-    s3 = S3Bucket(settings.storage, base_env["S3_ENDPOINT_URL"], base_env["S3_ACCESS_KEY_ID"],
-                  base_env["S3_SECRET_ACCESS_KEY"])
+    settings = Settings.from_env(base_env)
+    s3 = S3Bucket(settings.storage)
     rules = s3.client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert {rule["ID"] for rule in rules} == {"facegen-tmp", "facegen-refs"}, \
         "setup installs the rules even where the service itself leaves them alone"

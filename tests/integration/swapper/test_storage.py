@@ -1,4 +1,4 @@
-"""Storage against the embedded S3 server: lifecycle rules, start-up errors, storage outages."""
+"""Storage against the local S3 server: lifecycle rules, start-up errors, storage outages."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.stack.s3_server import LocalS3
 from services.swapper.bucket import BucketSetup
-from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.s3 import StorageUnavailable
 from tests.integration.swapper.harness import PRIMARY, MakeSwapper, image_bytes, result_of, until
 
@@ -56,11 +56,11 @@ async def test_missing_bucket_is_a_clear_error_and_the_service_stays_not_serving
                                                                                   bucket: str) -> None:
     harness = await make_swapper(ready=False, S3_CREATE_BUCKET="false")
     with pytest.raises(StorageUnavailable) as caught:
-        await harness.app.start_once()
+        await harness.app.prepare_once()
     assert f"bucket '{bucket}'" in str(caught.value) and "does not exist" in str(caught.value)
     assert "S3_CREATE_BUCKET" in str(caught.value)
 
-    starting = asyncio.create_task(harness.app.start())
+    starting = asyncio.create_task(harness.app.ready())
     await until(lambda: "does not exist" in harness.app.core.not_ready_reason, 5, "the first failed attempt")
     health = health_pb2_grpc.HealthStub(harness.channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service="facegen.v1.SwapperService"))
@@ -80,7 +80,7 @@ async def test_missing_bucket_is_a_clear_error_and_the_service_stays_not_serving
 
 
 async def test_storage_outage_is_unavailable_never_a_placeholder(make_swapper: MakeSwapper) -> None:
-    private = EmbeddedS3().start()
+    private = LocalS3().start()
     url = private.url
     try:
         harness = await make_swapper(S3_ENDPOINT_URL=url)
@@ -101,7 +101,7 @@ async def test_storage_outage_is_unavailable_never_a_placeholder(make_swapper: M
 
 async def test_outage_after_the_remote_swap_is_unavailable_and_cancels_nothing(make_swapper: MakeSwapper,
                                                                                fake_runpod) -> None:
-    private = EmbeddedS3().start()
+    private = LocalS3().start()
     harness = await make_swapper(S3_ENDPOINT_URL=private.url)
     reference = await harness.put_reference()
     fake_runpod.endpoint(PRIMARY).plan.run_s = 0.3

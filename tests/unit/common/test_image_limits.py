@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from facegen.v1 import gateway_pb2
-from services.common.config import MAX_MESSAGE_BYTES, Env
+from services.common.config import MAX_MESSAGE_BYTES
 from services.common.errors import InvalidInput
 from services.common.image_limits import CALLER_PHOTO, STORED_IMAGE, SWAP_RESULT
 from services.gateway.validation import IMAGE_LIMITS, MAX_CLEAN_BYTES, RequestValidator
@@ -57,7 +57,8 @@ def test_every_stage_accepts_what_the_stage_before_passes_on() -> None:
 
 def test_the_gateway_and_the_swapper_take_their_defaults_from_the_table() -> None:
     assert IMAGE_LIMITS == CALLER_PHOTO
-    swapper = SwapperSettings.from_env(Env({}))
+    swapper = SwapperSettings.from_env({"S3_ENDPOINT_URL": "https://s3.example", "S3_ACCESS_KEY_ID": "k",
+                                        "S3_SECRET_ACCESS_KEY": "s"})
     assert swapper.target_limits == STORED_IMAGE
     assert swapper.runpod.result_limits == SWAP_RESULT
 

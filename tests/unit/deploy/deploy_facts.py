@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import importlib.metadata
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +18,6 @@ DEPLOY = REPO / "deploy"
 PORTS = {"gateway": 50051, "generator": 50052, "swapper": 50053}
 # Variables read by libraries or the Python runtime rather than by facegen's settings.
 LIBRARY_ENV = frozenset({"HOME", "HF_HOME", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"})
-_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 
 
 def service_modules(service: str, exclude: frozenset[Path] = frozenset()) -> list[Path]:
@@ -143,31 +142,27 @@ def pinned_names(constraints: Path) -> set[str]:
     return names
 
 
-def _reads_secrets(call: ast.Call) -> bool:
-    """Whether ``call`` reads its string arguments as secrets: ``env.secret(...)`` or ``f(env.secret, ...)``."""
-    callables = [call.func, *(arg for arg in call.args if isinstance(arg, ast.Attribute))]
-    return any("secret" in ast.unparse(item).lower() for item in callables)
+def _direct_reads(path: Path) -> set[str]:
+    """Variables a module reads itself: ``os.environ["X"]``, ``os.environ.get("X")``, ``os.getenv("X")``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        target = None
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            target = node.slice
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in {"os.environ.get", "os.getenv"} and node.args:
+            target = node.args[0]
+        if isinstance(target, ast.Constant) and isinstance(target.value, str):
+            names.add(target.value)
+    return names
 
 
 @functools.cache
 def known_env_vars(service: str) -> frozenset[str]:
-    """Every variable that ``service`` (its settings and the shared code) can read.
-
-    Collected from the upper-case string constants of its modules, plus the
-    names that are built at run time: <SVC>_LISTEN and <SVC>_GRACE_SECONDS
-    (ServerSettings) and NAME_FILE for secrets.
-    """
-    names: set[str] = set(LIBRARY_ENV)
-    secrets: set[str] = set()
+    """Every variable that ``service`` can read: what its settings class reads (``env_names()``: each field's
+    name or aliases, ``NAME_FILE`` of secrets, its groups'), what its modules read from ``os.environ`` directly,
+    and what the libraries and Python read."""
+    settings = importlib.import_module(f"services.{service}.settings").Settings
+    names = set(LIBRARY_ENV) | set(settings.env_names())
     for path in service_modules(service):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _ENV_NAME.match(node.value):
-                names.add(node.value)
-            elif isinstance(node, ast.Call) and _reads_secrets(node):
-                # env.secret("NAME") and _first(env.secret, "A", "B") also read NAME_FILE.
-                secrets.update(arg.value for arg in node.args
-                               if isinstance(arg, ast.Constant) and isinstance(arg.value, str))
-    prefix = service.upper()
-    names.update({f"{prefix}_LISTEN", f"{prefix}_GRACE_SECONDS"})
-    names.update(f"{name}_FILE" for name in secrets if _ENV_NAME.match(name))
+        names |= _direct_reads(path)
     return frozenset(names)

@@ -20,11 +20,9 @@ from tests.unit.deploy.deploy_facts import (
     PORTS,
     REPO,
     dependency_closure,
-    packages_distributions,
     pinned_names,
     service_modules,
     third_party_distributions,
-    top_level_imports,
 )
 
 pytestmark = pytest.mark.unit
@@ -32,13 +30,6 @@ pytestmark = pytest.mark.unit
 DOCKER = DEPLOY / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 CONSTRAINTS = REPO / "constraints.txt"
-# Distributions that a slim image leaves out on purpose, with the reason. The service
-# must import them only inside functions, so that the image starts without them.
-OPTIONAL_DISTRIBUTIONS = {
-    # moto backs the embedded loopback store, used only when S3_ENDPOINT_URL is unset;
-    # containers always set it.
-    "swapper": {"moto"},
-}
 # A tag that names a version (digits), e.g. 3.11.13-slim-bookworm — not latest, not a bare distro name.
 VERSION_TAG = re.compile(r"\d+\.\d+")
 
@@ -174,11 +165,25 @@ def test_service_image_listens_exposes_checks_and_starts_the_service(service: st
     assert (REPO / "services" / service / "__main__.py").is_file()
     assert env["PYTHONPATH"].split(":") == ["/app", "/app/protos"]
     copies = {tuple(i.words()) for i in stage if i.keyword == "COPY"}
-    assert {("protos/", "/app/protos/"), ("services/", "/app/services/")} <= copies
+    assert {("protos/", "/app/protos/"), ("services/__init__.py", "/app/services/__init__.py"),
+            ("services/common/", "/app/services/common/"), (f"services/{service}/", f"/app/services/{service}/"),
+            } <= copies
     # Paths that settings point at inside the image exist in the sources copied to /app.
     for name, value in env.items():
         if value.startswith("/app/"):
             assert (REPO / value.removeprefix("/app/")).exists(), f"{name}={value}"
+
+
+@pytest.mark.parametrize("service", sorted(PORTS))
+def test_each_image_holds_its_service_and_what_it_imports_and_nothing_else(service: str) -> None:
+    copied = [words[0] for words in (i.words() for i in final_stage(DOCKER / f"{service}.Dockerfile")
+                                     if i.keyword == "COPY") if not words[0].startswith("--")]
+    sources = [(REPO / source).resolve() for source in copied]
+    for path in service_modules(service):
+        assert any(path == source or source in path.parents for source in sources), \
+            f"{service}.Dockerfile does not copy {path.relative_to(REPO)}, which the {service} imports"
+    others = {other for other in PORTS if other != service} | {"stack", "cli", "faceswap_worker"}
+    assert not [source for source in copied if source.rstrip("/") in {"services", *(f"services/{o}" for o in others)}]
 
 
 @pytest.mark.parametrize("service", ["gateway", "swapper"])
@@ -187,16 +192,9 @@ def test_slim_images_install_everything_their_service_imports(service: str) -> N
     for args in pip_installs(DOCKER / f"{service}.Dockerfile"):
         listed.update(installed_names(args))
     available = dependency_closure(frozenset(listed))
-    optional = OPTIONAL_DISTRIBUTIONS.get(service, set())
     needed = third_party_distributions(service)
-    missing = {dist: sorted(where) for dist, where in needed.items()
-               if dist not in available and dist not in optional}
+    missing = {dist: sorted(where) for dist, where in needed.items() if dist not in available}
     assert not missing, f"{service}.Dockerfile does not install what these modules import: {missing}"
-    by_module = packages_distributions()
-    for path in service_modules(service):
-        eager = [name for name in top_level_imports(path)
-                 if optional & {str(canonicalize_name(d)) for d in by_module.get(name.split(".")[0], [])}]
-        assert not eager, f"{path.relative_to(REPO)} imports {eager} at import time, not in the image"
 
 
 def test_generator_image_installs_what_the_generator_imports() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from facegen.v1 import gateway_pb2
-from services.common.config import ConfigError, Env
+from services.common.config import ConfigError
 from services.gateway.admission import AdmissionLimits
 from services.gateway.progress import GENERATION_END, SWAPPING_END, Progress, StageClock
 from services.gateway.settings import Settings
@@ -62,7 +62,7 @@ def test_stage_clock_measures_first_start_to_last_end() -> None:
 
 
 def test_settings_read_every_variable() -> None:
-    settings = Settings.from_env(Env({
+    settings = Settings.from_env({
         "GATEWAY_LISTEN": "0.0.0.0:6000", "GENERATOR_ADDRESS": "gen:1", "SWAPPER_ADDRESS": "swap:2",
         "GATEWAY_MAX_RUNNING_JOBS": "3", "GATEWAY_MAX_QUEUED_JOBS": "4", "GATEWAY_JOB_TTL_SECONDS": "30",
         "GATEWAY_MAX_JOBS": "50", "GATEWAY_SWAP_CONCURRENCY": "2", "GATEWAY_GENERATE_TIMEOUT_SECONDS": "9",
@@ -71,14 +71,14 @@ def test_settings_read_every_variable() -> None:
         "GATEWAY_MAX_EVENTS_PER_JOB": "64", "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_STORE": "Redis",
         "REDIS_URL": "rediss://:pw@redis.internal:6380/2", "REDIS_CA_FILE": "/etc/ca.pem",
         "GATEWAY_DRAIN_SECONDS": "45", "GATEWAY_LEASE_SECONDS": "2.5", "GATEWAY_INSTANCE": "gateway-7f9c",
-    }))
-    assert settings.server.listen == "0.0.0.0:6000"
+    })
+    assert settings.listen == "0.0.0.0:6000"
     assert (settings.generator_address, settings.swapper_address) == ("gen:1", "swap:2")
     assert (settings.max_running_jobs, settings.max_queued_jobs, settings.max_jobs) == (3, 4, 50)
     assert (settings.job_ttl_seconds, settings.swap_concurrency, settings.max_events_per_job) == (30, 2, 64)
     assert (settings.generate_timeout_seconds, settings.swap_timeout_seconds) == (9, 8)
     assert (settings.upload_timeout_seconds, settings.connect_timeout_seconds) == (7, 1.5)
-    assert settings.auth_token == "s3cret-token"
+    assert settings.auth_token is not None and settings.auth_token.get_secret_value() == "s3cret-token"
     assert settings.log_level == "DEBUG"
     assert settings.swap_remote_deadline_ms == 6000
     assert (settings.store, settings.drain_seconds, settings.lease_seconds, settings.instance) == (
@@ -90,19 +90,19 @@ def test_settings_read_every_variable() -> None:
 
 
 def test_settings_defaults_and_bad_combinations() -> None:
-    settings = Settings.from_env(Env({}))
-    assert settings.server.listen == "127.0.0.1:50051"
+    settings = Settings.from_env({})
+    assert settings.listen == "127.0.0.1:50051"
     assert settings.generator_address == "127.0.0.1:50052"
     assert settings.swapper_address == "127.0.0.1:50053"
     assert settings.auth_token is None
     with pytest.raises(ConfigError, match="GATEWAY_MAX_JOBS=5 must be at least"):
-        Settings.from_env(Env({"GATEWAY_MAX_JOBS": "5"}))
-    with pytest.raises(ConfigError, match="GATEWAY_MAX_RUNNING_JOBS"):
-        Settings.from_env(Env({"GATEWAY_MAX_RUNNING_JOBS": "0"}))
+        Settings.from_env({"GATEWAY_MAX_JOBS": "5"})
+    with pytest.raises(ConfigError, match=r"^GATEWAY_MAX_RUNNING_JOBS='0' is outside the allowed range \[1, 100000\]$"):
+        Settings.from_env({"GATEWAY_MAX_RUNNING_JOBS": "0"})
     assert (settings.store, settings.redis) == ("memory", None)
     with pytest.raises(ConfigError, match="GATEWAY_STORE=redis needs REDIS_URL"):
-        Settings.from_env(Env({"GATEWAY_STORE": "redis"}))
-    with pytest.raises(ConfigError, match="GATEWAY_STORE='etcd' is not one of memory, redis"):
-        Settings.from_env(Env({"GATEWAY_STORE": "etcd"}))
-    with pytest.raises(ConfigError, match="REDIS_URL must start with"):
-        Settings.from_env(Env({"GATEWAY_STORE": "redis", "REDIS_URL": "http://x"}))
+        Settings.from_env({"GATEWAY_STORE": "redis"})
+    with pytest.raises(ConfigError, match=r"^GATEWAY_STORE='etcd' is not one of memory, redis$"):
+        Settings.from_env({"GATEWAY_STORE": "etcd"})
+    with pytest.raises(ConfigError, match="REDIS_URL=<hidden> does not start with redis://, rediss:// or unix://"):
+        Settings.from_env({"GATEWAY_STORE": "redis", "REDIS_URL": "http://x"})

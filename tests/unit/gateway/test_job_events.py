@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
-from services.common.config import MAX_MESSAGE_BYTES, ServerSettings
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.gateway.admission import AdmissionLimits
 from services.gateway.memory_store import InMemoryJobStore
@@ -90,7 +89,7 @@ class ScriptedUpstreams:
 
 
 def settings() -> Settings:
-    return Settings(server=ServerSettings("127.0.0.1:0", 0, MAX_MESSAGE_BYTES))
+    return Settings(listen="127.0.0.1:0", grace_seconds=0)
 
 
 async def claimed(spec: JobSpec, images: dict[int, ImageCheckpoint] | None = None) -> tuple[JobStore, Lease]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import Env
 from services.common.names import reason_name
 from services.swapper.fallback import (
     ENDPOINT_UNAVAILABLE,
@@ -13,18 +12,18 @@ from services.swapper.fallback import (
     TIMED_OUT,
 )
 from services.swapper.jobs import SwapInputs
-from services.swapper.settings import Settings
+from services.swapper.settings import RunPodSettings
 from services.swapper.submit import build_payload, combine
 
 pytestmark = pytest.mark.unit
 
 
-def settings(**env: str) -> Settings:
-    return Settings.from_env(Env({"FACE_SWAP_ENDPOINT": "ep", "RUNPOD_API_KEY": "k" * 24, **env}))
+def settings(**env: str) -> RunPodSettings:
+    return RunPodSettings.from_env({"FACE_SWAP_ENDPOINT": "ep", "RUNPOD_API_KEY": "k" * 24, **env})
 
 
 def test_payload_is_the_original_systems_input() -> None:
-    payload = build_payload(settings().runpod, SwapInputs("https://s/src", "https://s/tgt", True, False), 300)
+    payload = build_payload(settings(), SwapInputs("https://s/src", "https://s/tgt", True, False), 300)
     assert payload["input"] == {
         "process_type": "single_image",
         "source_file": "https://s/src",
@@ -34,7 +33,7 @@ def test_payload_is_the_original_systems_input() -> None:
 
 
 def test_process_type_is_configurable_and_many_faces_only_when_asked() -> None:
-    payload = build_payload(settings(FACE_SWAP_PROCESS_TYPE="single-image").runpod,
+    payload = build_payload(settings(FACE_SWAP_PROCESS_TYPE="single-image"),
                             SwapInputs("s", "t", many_faces=True), 60)
     assert payload["input"]["process_type"] == "single-image"
     assert payload["input"]["options"]["many_faces"] is True
@@ -42,7 +41,7 @@ def test_process_type_is_configurable_and_many_faces_only_when_asked() -> None:
 
 @pytest.mark.parametrize("remaining", [2.0, 30.0, 300.0, 3000.0])
 def test_execution_timeout_ends_before_our_deadline(remaining: float) -> None:
-    policy = build_payload(settings().runpod, SwapInputs("s", "t"), remaining)["policy"]
+    policy = build_payload(settings(), SwapInputs("s", "t"), remaining)["policy"]
     assert policy["executionTimeout"] < remaining * 1000
     assert policy["executionTimeout"] >= 1000
     assert policy["ttl"] >= remaining * 1000

@@ -12,7 +12,6 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from PIL import Image, PngImagePlugin
 
-from services.common.config import Env
 from services.common.images import ImageLimits
 from services.swapper.blocking import BlockingPool
 from services.swapper.bucket import BucketSetup
@@ -20,7 +19,7 @@ from services.swapper.deleter import BatchDeleter
 from services.swapper.inputs import check_image
 from services.swapper.keys import is_reference_key, is_temp_key_of, reference_key, result_key, temp_key
 from services.swapper.s3 import S3Bucket
-from services.swapper.settings import Settings
+from services.swapper.settings import StorageSettings
 from services.swapper.storage import ObjectInfo, ObjectStore, Storage
 from tests.unit.gateway import sample_images as images
 from tests.waiting import until
@@ -29,10 +28,10 @@ pytestmark = pytest.mark.unit
 
 
 def storage(**env: str) -> Storage:
-    settings = Settings.from_env(Env({"S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
-                                      "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0123", "S3_SECRET_ACCESS_KEY": "s",
-                                      "S3_BUCKET": "faces", **env}))
-    return Storage(S3Bucket(settings.storage, "https://acct.r2.cloudflarestorage.com", "AKIAEXAMPLEKEYID0123", "s"))
+    settings = StorageSettings.from_env({"S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
+                                         "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0123", "S3_SECRET_ACCESS_KEY": "s",
+                                         "S3_BUCKET": "faces", **env})
+    return Storage(S3Bucket(settings))
 
 
 def client_error(code: str, status: int) -> ClientError:

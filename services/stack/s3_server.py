@@ -1,4 +1,4 @@
-"""An S3-compatible server on loopback, for local runs and tests: moto's S3 backend.
+"""An S3-compatible server on loopback for the local stack, the tests and the benchmarks: moto's S3 backend.
 
 It is moto's S3 app (what ``ThreadedMotoServer`` serves) behind a small
 threaded HTTP/1.1 server instead of werkzeug's development server: moto's
@@ -9,10 +9,10 @@ connection. Here the S3 app is called directly, connections are kept alive,
 and nothing is logged per request. Objects live in memory and vanish when the
 process ends. moto does not enforce presigned-URL expiry.
 
-It also counts requests by method and key prefix (``GET /_embedded/stats``)
+It also counts requests by method and key prefix (``GET /_local/stats``)
 so that benchmarks can measure what the swapper really sent.
 
-Standalone: ``python -m services.swapper.embedded_s3 --listen 127.0.0.1:9000``.
+Standalone: ``python -m services.stack.s3_server --listen 127.0.0.1:9000``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-STATS_PATH = "/_embedded/stats"
+STATS_PATH = "/_local/stats"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Response headers the server itself decides.
@@ -158,7 +158,7 @@ def _declared_length(headers: list[tuple[str, str]]) -> int | None:
     return None
 
 
-class EmbeddedS3:
+class LocalS3:
     """moto's S3 on loopback in a daemon thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -171,7 +171,7 @@ class EmbeddedS3:
     def url(self) -> str:
         """``http://host:port`` once started."""
         if self._server is None:
-            raise RuntimeError("the embedded S3 server is not started")
+            raise RuntimeError("the local S3 server is not started")
         return f"http://{self.host}:{self._server.server_address[1]}"
 
     @property
@@ -182,7 +182,7 @@ class EmbeddedS3:
         with self._server.counts_lock:
             return dict(self._server.counts)
 
-    def start(self) -> EmbeddedS3:
+    def start(self) -> LocalS3:
         """Binds and serves; returns self."""
         from moto.moto_server.werkzeug_app import create_backend_app
 
@@ -193,7 +193,7 @@ class EmbeddedS3:
         server.connections = set()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="embedded-s3", daemon=True)
+                                        name="local-s3", daemon=True)
         self._thread.start()
         return self
 
@@ -210,13 +210,13 @@ class EmbeddedS3:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Runs the embedded server in the foreground until SIGTERM/SIGINT."""
+    """Runs the server in the foreground until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description="S3-compatible in-memory server on loopback (moto)")
     parser.add_argument("--listen", default="127.0.0.1:9000", help="host:port (port 0 picks a free one)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    server = EmbeddedS3(host or "127.0.0.1", int(port)).start()
-    print(f"embedded S3 listening on {server.url}", flush=True)
+    server = LocalS3(host or "127.0.0.1", int(port)).start()
+    print(f"local S3 listening on {server.url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
