@@ -11,12 +11,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
 import pytest
 import redis
+
+from tests.waiting import until_sync
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -54,19 +55,22 @@ class RedisServer:
                 "--daemonize", "no", "--loglevel", "warning"]
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + within_s
+        process = self.process
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1.0)
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {process.returncode}; see {self.directory}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
         try:
-            while True:
-                try:
-                    if client.ping():
-                        return self
-                except redis.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise
-                time.sleep(0.01)
+            until_sync(answers, within_s, "redis-server answering PING")
         finally:
             client.close()
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stops the server (SIGTERM: clean; SIGKILL: as a crash) and waits for it to exit."""

@@ -1,12 +1,16 @@
-"""Public-domain sample portraits shipped inside installed packages.
+"""Public-domain sample portraits shipped inside installed packages (the ``local`` extra).
 
 - Grace Hopper (matplotlib's ``grace_hopper.jpg`` sample), used as the reference face;
 - Eileen Collins (scikit-image's ``astronaut``), used as the template photo.
+
+The demo, the tests and the swapper's doctor use them; no service image ships
+them. ``python -m services.stack.samples DIR`` writes both into DIR.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -37,3 +41,10 @@ def write_samples(directory: Path) -> tuple[Path, Path]:
     reference.write_bytes(reference_face())
     template.write_bytes(template_photo())
     return reference, template
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m services.stack.samples DIR")
+    for path in write_samples(Path(sys.argv[1])):
+        print(path)

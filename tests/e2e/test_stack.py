@@ -26,6 +26,7 @@ from facegen.v1 import common_pb2, gateway_pb2
 from services.common.images import sniff_mime
 from services.stack.launcher import REPO_ROOT
 from services.stack.samples import write_samples
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -191,10 +192,8 @@ def test_cancel_while_the_remote_job_waits_cancels_it_on_runpod(gateway, face, t
     finally:
         runpod.faults(hang_rate=0.0)
     assert _terminal(events).state == gateway_pb2.JOB_STATE_CANCELLED
-    deadline = time.monotonic() + 10
-    while runpod.status(remote_id).get("status") != "CANCELLED" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert runpod.status(remote_id)["status"] == "CANCELLED"
+    until_sync(lambda: runpod.status(remote_id).get("status") == "CANCELLED", 10, "the RunPod job cancelled",
+               every_s=0.1)
 
 
 def test_doctor_passes_against_the_local_endpoint(stack, tmp_path) -> None:

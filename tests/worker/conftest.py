@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import requests
 
 from services.faceswap_worker import samples
 from services.faceswap_worker.engine import SwapEngine
+from tests.waiting import until_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,20 +93,22 @@ class RunningEndpoint:
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 30) -> dict[str, object]:
         """Poll (a plain look, then a long-poll that returns on the next change) until the job reaches ``statuses``."""
-        deadline = time.monotonic() + timeout
-        body: dict[str, object] = {}
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, object] | None:
             for query in ("", "?wait=2000"):
-                body = self.get(f"status/{job_id}{query}").json()
+                body: dict[str, object] = self.get(f"status/{job_id}{query}").json()
                 if body["status"] in statuses:
                     return body
-        raise AssertionError(f"job {job_id} stayed {body.get('status')} (wanted {statuses})")
+            return None
+
+        return until_sync(reached, timeout, f"job {job_id} reaching {statuses}", every_s=0)
 
     def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
         seen = 0
-        while time.monotonic() < deadline:
+
+        def matched() -> re.Match[str] | None:
+            nonlocal seen
             while seen < len(self.lines):
                 m = regex.search(self.lines[seen])
                 seen += 1
@@ -114,8 +116,9 @@ class RunningEndpoint:
                     return m
             if self.process.poll() is not None:
                 raise AssertionError(f"endpoint exited {self.process.returncode}: {self.lines[-20:]}")
-            time.sleep(0.02)
-        raise AssertionError(f"no log line matching {pattern!r}: {self.lines[-20:]}")
+            return None
+
+        return until_sync(matched, timeout, f"a log line matching {pattern!r}", every_s=0.02)
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -11,13 +11,13 @@ import io
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
+from tests.waiting import until_sync
 from tests.worker.conftest import RunningEndpoint, start_endpoint
 
 pytestmark = pytest.mark.integration
@@ -148,10 +148,8 @@ def test_sigterm_stops_the_server_and_its_worker_processes() -> None:
     pids = [int(p) for p in re.findall(r"worker\.ready .*pid=(\d+)", "\n".join(ep.lines))]
     assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
     assert ep.stop() == 0
-    deadline = time.monotonic() + 5
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+    until_sync(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 5, "the worker processes gone",
+               every_s=0.05)
     assert any("endpoint.stopped" in line for line in ep.lines)
 
 

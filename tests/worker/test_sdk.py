@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +11,7 @@ import runpod
 from PIL import Image
 
 from services.stack.runpod_emulator import JobPlan, RunPodEmulator, cycle_plans
+from tests.waiting import until_sync
 from tests.worker.conftest import RunningEndpoint
 from tests.worker.test_endpoint import TINY
 
@@ -75,10 +75,7 @@ def test_cancel_and_purge(monkeypatch: pytest.MonkeyPatch, scripted: RunPodEmula
     monkeypatch.setattr(runpod, "api_key", scripted.api_key)
     endpoint = runpod.Endpoint("ep-slow")
     running = endpoint.run(TINY)
-    deadline = time.monotonic() + 10
-    while running.status() != "IN_PROGRESS":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until_sync(lambda: running.status() == "IN_PROGRESS", 10, "the first job running", every_s=0.05)
     queued = endpoint.run(TINY)
     assert queued.status() == "IN_QUEUE"
     assert endpoint.purge_queue() == {"removed": 1, "status": "completed"}

@@ -9,9 +9,8 @@ import io
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -31,9 +30,9 @@ from services.generator.params import GenerationParams
 from services.generator.pipelines import PipelineRegistry
 from services.generator.runner import encode_png, run_batch
 from services.generator.settings import DEFAULT_CATALOG
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 # The start_generator fixture (see conftest.py): ``async with start_generator(**env) as gen``.
 Starter = Callable[..., Any]
 SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 4}
@@ -51,14 +50,6 @@ def pixels(png: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-async def wait_until(condition: Callable[[], T | None], within_s: float = 30.0) -> T:
-    deadline = time.monotonic() + within_s
-    while (value := condition()) is None or value is False:
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-    return value
 
 
 async def next_event(call: Any, kind: str) -> generator_pb2.GenerateEvent:
@@ -139,7 +130,8 @@ async def test_cancel_stops_the_loop_within_one_step_and_frees_the_slot(start_ge
             pass
         call.cancel()
         engine = gen.app.engine
-        record = await wait_until(lambda: next((r for r in engine.history if r.outcome == "cancelled"), None))
+        record = await until(lambda: next((r for r in engine.history if r.outcome == "cancelled"), None), 30,
+                             "a cancelled batch")
         assert record.cancelled_after_step is not None and record.cancelled_after_step >= 2
         assert record.steps_run <= record.cancelled_after_step + 1 < 50
         events = await gen.generate(**SMALL, seed=5)
@@ -188,8 +180,8 @@ async def test_cancelling_fifty_queued_jobs_at_once_ends_each_cancelled_without_
             for call in calls:
                 call.cancel()
             codes = [await call.code() for call in calls]
-            await wait_until(lambda: engine._batcher.waiting == 0)
-            await wait_until(lambda: len(_cancel_lines(caplog)) == 50)
+            await until(lambda: engine._batcher.waiting == 0, 30, "an empty queue")
+            await until(lambda: len(_cancel_lines(caplog)) == 50, 30, "50 cancel lines")
             # Abandoned handler generators are finalised by the garbage collector, in a new task
             # and context: collect now, and let any task that creates run, so that what it logs is seen.
             gc.collect()

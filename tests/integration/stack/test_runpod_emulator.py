@@ -20,6 +20,7 @@ import requests
 from PIL import Image
 
 from services.stack.runpod_emulator import Fault, JobPlan, Limits, RunPodEmulator, png_bytes
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +49,15 @@ class Client:
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float = 10) -> dict[str, Any]:
         """Looks, then long-polls, until the job reaches one of ``statuses``."""
-        deadline = time.monotonic() + timeout
-        body: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
             for query in ("", "?wait=1000"):
-                body = self.get(f"status/{job_id}{query}").json()
+                body: dict[str, Any] = self.get(f"status/{job_id}{query}").json()
                 if body["status"] in statuses:
                     return body
-        raise AssertionError(f"job {job_id} stayed {body.get('status')} (wanted {statuses})")
+            return None
+
+        return until_sync(reached, timeout, f"job {job_id} reaching {statuses}", every_s=0)
 
 
 def files(emulator: RunPodEmulator) -> dict[str, str]:
@@ -154,10 +156,7 @@ def test_results_are_kept_for_the_retention_period_then_404(emulator: RunPodEmul
     body = client.post("runsync?wait=10000", {"input": {}}).json()
     assert body["status"] == "COMPLETED" and decoded(body["output"]).size == (32, 32)
     assert client.get(f"status/{body['id']}").status_code == 200
-    deadline = time.monotonic() + 10
-    while client.get(f"status/{body['id']}").status_code == 200:
-        assert time.monotonic() < deadline, "the result never expired"
-        time.sleep(0.05)
+    until_sync(lambda: client.get(f"status/{body['id']}").status_code != 200, 10, "the result expiring", every_s=0.05)
 
 
 def test_runsync_answers_the_status_alone_when_the_job_outlasts_the_wait(emulator: RunPodEmulator,
@@ -328,8 +327,7 @@ def test_stop_drops_long_polls_ends_the_server_thread_and_closes_the_port() -> N
 
     waiting = threading.Thread(target=long_poll, daemon=True)
     waiting.start()
-    while emulator.count("status") == 0:
-        time.sleep(0.01)
+    until_sync(lambda: emulator.count("status") > 0, 10, "the long-poll arriving")
     started = time.monotonic()
     emulator.stop()
     assert time.monotonic() - started < 1
