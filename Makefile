@@ -7,11 +7,14 @@ WORKER_VENV := .venv-worker
 WORKER_DIR := services/faceswap_worker
 MODELS_DIR := models
 BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
 PROTO_FILES := $(wildcard protos/facegen/v1/*.proto)
+# apt-get needs root: sudo when make does not run as root.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup venv worker-venv models protos lint test test-fast demo bench clean
+.PHONY: setup venv worker-venv models redis-server protos lint test test-fast demo bench clean
 
-setup: venv worker-venv models
+setup: venv worker-venv models redis-server
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -37,21 +40,37 @@ $(MODELS_DIR)/.built: $(VENV)/.installed services/generator/tiny_models.py
 	HF_HUB_OFFLINE=1 $(PY) -m services.generator.tiny_models $(MODELS_DIR)
 	touch $@
 
+# The tests (and the benchmarks) start their own redis-server on a free port with
+# a temporary directory; the system service is never started. Debian's package
+# (~11 s); `apt-get update` first only when the package lists do not know it yet.
+redis-server:
+	@if ! command -v redis-server >/dev/null; then \
+		echo "installing Debian's redis-server (tests start their own instances)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -q --no-install-recommends redis-server >/dev/null \
+			|| { $(SUDO) apt-get update -q >/dev/null && \
+			     $(SUDO) apt-get install -y -q --no-install-recommends redis-server >/dev/null; }; \
+		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now redis-server; fi; \
+	fi
+
 protos: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos \
 		--pyi_out=protos $(PROTO_FILES)
 
-.tools/node_modules/.bin/buf:
+$(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-lint: $(VENV)/.installed .tools/node_modules/.bin/buf
+# What CI checks besides the tests; .pre-commit-config.yaml runs the same on each commit.
+# mypy is strict on services/ (pyproject.toml: every function typed, untyped bodies checked).
+lint: $(VENV)/.installed $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services
-	.tools/node_modules/.bin/buf lint
+	$(BUF) lint
+	BUF=$(BUF) .ci/buf-breaking
 
-# The main suite (unit, integration, e2e through the real stack), then the
-# worker's own suite in the worker's environment.
-test: setup
+# Lint first, then the main suite (unit, integration, e2e through the real stack),
+# then the worker's own suite in the worker's environment.
+test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 	FACEGEN_WORKER_TESTS=1 HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python -m pytest tests/worker
 

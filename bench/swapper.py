@@ -44,7 +44,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc  # noqa: E402
 from services.common.health import wait_until_serving  # noqa: E402
-from tests.fakes.runpod_fake import FakeRunPod, JobPlan, cycle_plans  # noqa: E402
+from services.stack.runpod_emulator import JobPlan, cycle_plans  # noqa: E402
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod  # noqa: E402
 
 API_KEY = "rpa_BENCHKEY0123456789abcdefghijklmn"
 ENDPOINT = "bench-endpoint"

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import TracebackType
 
 import pytest
 import redis
@@ -72,6 +73,13 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
 
     def client(self) -> redis.Redis:
         """A plain synchronous client, for looking at what the store wrote."""

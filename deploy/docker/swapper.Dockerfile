@@ -16,8 +16,8 @@ COPY constraints.txt /tmp/constraints.txt
 # is unset (its module still needs werkzeug to be importable).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
-        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 requests \
-        werkzeug matplotlib scikit-image
+        grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow boto3 aiohttp \
+        redis hiredis werkzeug matplotlib scikit-image
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \

@@ -21,9 +21,11 @@ from contextlib import aclosing
 from facegen.v1 import gateway_pb2
 from services.common import logs
 from services.common.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from services.common.model_limits import check_lora, find_model, settle
 from services.gateway.admission import AdmissionLimits
 from services.gateway.dispatcher import SHUTDOWN_MESSAGE, Dispatcher
 from services.gateway.memory_store import InMemoryJobStore
+from services.gateway.models import ModelCatalog
 from services.gateway.orchestrator import Services
 from services.gateway.settings import Settings
 from services.gateway.store import (
@@ -65,6 +67,7 @@ class JobManager:
         self.settings = settings
         self.store = store or build_store(settings)
         self._upstreams = upstreams
+        self._models = ModelCatalog(upstreams.list_models)
         self._shared = self.store.lease_seconds is not None
         services = Services(settings, self.store, upstreams, resumable_swaps=self._shared)
         self.dispatcher = Dispatcher(services, settings.instance, settings.max_running_jobs)
@@ -101,6 +104,7 @@ class JobManager:
                 if existing is not None:
                     return _same_request(key, digest, *existing), False
             spec = await self._validator.validate(request)
+            await self._check_against_upstreams(spec)
             place = await self.store.place_for_new_job()
             if place is None:
                 raise ResourceExhausted("facegen is at capacity; retry later")
@@ -122,6 +126,18 @@ class JobManager:
             with contextlib.suppress(StoreUnavailable):
                 await self.dispatcher.claim_now()
         return job_id, True
+
+    async def _check_against_upstreams(self, spec: JobSpec) -> None:
+        """What only the generator's catalog and storage can tell: the model's own limits, and
+        whether a reference key names a stored face (InvalidInput or NotFound)."""
+        if spec.generate is not None:
+            models = await self._models.models()
+            if models is not None:
+                model = find_model(spec.generate.model, models)
+                settle(spec.generate, model)
+                check_lora(spec.generate, model)
+        if spec.reference_key:
+            await self._upstreams.check_reference("-", spec.reference_key)
 
     async def _make_durable(self, job_id: str, spec: JobSpec) -> dict[int, ImageCheckpoint]:
         """Fixes the seed and, with a shared store, stores the images the job needs.

@@ -119,6 +119,12 @@ class Upstreams:
                                      self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
         return str(response.key)
 
+    async def check_reference(self, job_id: str, key: str) -> None:
+        """InvalidInput for a malformed reference key, NotFound for one that is not stored."""
+        request = swapper_pb2.CheckReferenceRequest(job_id=job_id, key=key)
+        await self._unary(self._swapper_channel, SWAPPER, self._swapper.CheckReference, request,
+                          self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
+
     async def cancel_swap(self, job_id: str, index: int) -> bool:
         """Ends a resumable swap that nobody follows; True when a remote job was cancelled."""
         request = swapper_pb2.CancelSwapRequest(job_id=job_id, image_index=index)

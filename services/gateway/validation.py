@@ -2,8 +2,9 @@
 
 Field checks are cheap and run first; image checks decode untrusted bytes, so
 they run in a worker thread, a few at a time. Every violation raises
-InvalidInput naming the field and the allowed range; per-model limits (a
-model's maximum size, its LoRA catalog) are the generator's to enforce.
+InvalidInput naming the field and the allowed range. The limits of the chosen
+model (its sizes, steps, LoRAs) are checked next, against the generator's
+catalog (``JobManager`` with services/common/model_limits.py).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facegen.v1 import common_pb2
 from services.common.config import ConfigError
 
 FAMILIES = ("sd", "sdxl", "flux")
@@ -90,6 +91,16 @@ class Catalog:
     def loras_for(self, model: str) -> list[str]:
         """Names of the LoRAs usable with ``model``, sorted."""
         return sorted(name for name, lora in self.loras.items() if model in lora.models)
+
+    def info(self, spec: ModelSpec, loaded: bool = False) -> common_pb2.ModelInfo:
+        """The model's limits as ListModels publishes them (and as requests are checked against)."""
+        return common_pb2.ModelInfo(
+            name=spec.name, family=spec.family, loaded=loaded, is_default=spec.name == self.default_model,
+            default_width=spec.default_width, default_height=spec.default_height,
+            min_size=spec.min_size, max_size=spec.max_size, size_multiple=spec.size_multiple,
+            default_steps=spec.default_steps, max_steps=spec.max_steps,
+            default_guidance=spec.default_guidance, max_guidance=spec.max_guidance,
+            negative_prompt=spec.family not in FAMILIES_WITHOUT_NEGATIVE, loras=self.loras_for(spec.name))
 
 
 def load_catalog(path: Path, models_dir: Path) -> Catalog:

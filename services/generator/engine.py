@@ -84,17 +84,7 @@ class Engine:
         """Every catalog model with its limits, and whether it is in memory."""
         loaded = self.runner.loaded_names()
         return common_pb2.ListModelsResponse(models=[
-            common_pb2.ModelInfo(
-                name=spec.name, family=spec.family, loaded=spec.name in loaded,
-                is_default=spec.name == self.catalog.default_model,
-                default_width=spec.default_width, default_height=spec.default_height,
-                min_size=spec.min_size, max_size=spec.max_size,
-                default_steps=spec.default_steps, max_steps=spec.max_steps,
-                default_guidance=spec.default_guidance, max_guidance=spec.max_guidance,
-                loras=self.catalog.loras_for(spec.name),
-            )
-            for spec in self.catalog.models.values()
-        ])
+            self.catalog.info(spec, loaded=spec.name in loaded) for spec in self.catalog.models.values()])
 
     async def stop(self) -> None:
         """Fails waiting jobs with UNAVAILABLE and stops the worker and the device runner."""

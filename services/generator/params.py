@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from facegen.v1 import generator_pb2
 from services.common.errors import InvalidInput, NotFound
-from services.generator.catalog import FAMILIES_WITHOUT_NEGATIVE, Catalog, ModelSpec
+from services.common.model_limits import settle
+from services.generator.catalog import Catalog, ModelSpec
 
 MAX_IMAGES = 4
 # Seeds a caller may pass; the top leaves room for seed + image index.
@@ -73,20 +74,7 @@ def validate(request: generator_pb2.GenerateRequest, catalog: Catalog, max_promp
         raise InvalidInput("prompt is empty; describe the image to generate")
     _check_length("prompt", request.prompt, max_prompt_chars)
     _check_length("negative_prompt", request.negative_prompt, max_prompt_chars)
-    negative = request.negative_prompt.strip()
-    if negative and model.family in FAMILIES_WITHOUT_NEGATIVE:
-        raise InvalidInput(f"negative_prompt is not supported by {model.family} models such as {model.name}")
-    width = _size("width", request.width or model.default_width, model)
-    height = _size("height", request.height or model.default_height, model)
-    steps = request.steps or model.default_steps
-    if not 1 <= steps <= model.max_steps:
-        raise InvalidInput(f"steps={steps} is out of range: {model.name} allows 1 to {model.max_steps}")
-    guidance = model.default_guidance
-    if request.HasField("guidance_scale"):
-        guidance = request.guidance_scale
-        if not math.isfinite(guidance) or not 0.0 <= guidance <= model.max_guidance:
-            raise InvalidInput(
-                f"guidance_scale={guidance} is out of range: {model.name} allows 0 to {model.max_guidance}")
+    settled = settle(request, catalog.info(model))
     num_images = request.num_images or 1
     if not 1 <= num_images <= MAX_IMAGES:
         raise InvalidInput(f"num_images={num_images} is out of range: 1 to {MAX_IMAGES}")
@@ -95,12 +83,10 @@ def validate(request: generator_pb2.GenerateRequest, catalog: Catalog, max_promp
         seed = secrets.randbelow(RANDOM_SEED_LIMIT)
     elif not 0 <= seed <= MAX_SEED:
         raise InvalidInput(f"seed={seed} is out of range: -1 (random) or 0 to {MAX_SEED}")
-    if not 0 <= request.preview_every <= steps:
-        raise InvalidInput(
-            f"preview_every={request.preview_every} is out of range: 0 (no previews) to steps ({steps})")
     return GenerationParams(
-        job_id=job_id, model=model.name, family=model.family, prompt=prompt, negative_prompt=negative,
-        width=width, height=height, steps=steps, guidance=float(guidance),
+        job_id=job_id, model=model.name, family=model.family, prompt=prompt,
+        negative_prompt=request.negative_prompt.strip(), width=settled.width, height=settled.height,
+        steps=settled.steps, guidance=model.default_guidance if settled.guidance is None else settled.guidance,
         seeds=tuple(seed + index for index in range(num_images)),
         lora=_lora(request, model, catalog), preview_every=request.preview_every,
     )
@@ -117,14 +103,6 @@ def _model(name: str, catalog: Catalog) -> ModelSpec:
 def _check_length(field: str, text: str, limit: int) -> None:
     if len(text) > limit:
         raise InvalidInput(f"{field} is {len(text)} characters; the limit is {limit}")
-
-
-def _size(field: str, value: int, model: ModelSpec) -> int:
-    if not model.min_size <= value <= model.max_size or value % model.size_multiple:
-        raise InvalidInput(
-            f"{field}={value} is not allowed: {model.name} takes a multiple of {model.size_multiple} "
-            f"from {model.min_size} to {model.max_size}")
-    return value
 
 
 def _lora(request: generator_pb2.GenerateRequest, model: ModelSpec, catalog: Catalog) -> LoraChoice | None:

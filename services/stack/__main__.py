@@ -56,12 +56,14 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up(run_dir: Path) -> int:
+def up(run_dir: Path, gateways: int, shared_store: bool) -> int:
     """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
-    with LocalStack(run_dir) as stack:
+    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store) as stack:
         assert stack.addresses is not None
         a = stack.addresses
-        print(f"gateway   {a.gateway}\ngenerator {a.generator}\nswapper   {a.swapper}\n"
+        replicas = "".join(f"gateway   {address}\n" for address in a.gateways)
+        store = f"redis     {a.redis} (the gateways' job store)\n" if a.redis else ""
+        print(f"{replicas}{store}generator {a.generator}\nswapper   {a.swapper}\n"
               f"s3        {a.s3}\nrunpod    {a.runpod}\nlogs      {run_dir}\n"
               f"try: facegen --gateway {a.gateway} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
               flush=True)
@@ -99,11 +101,19 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run two jobs end to end").add_argument(
         "--out", type=Path, default=REPO_ROOT / "out")
-    commands.add_parser("up", help="start the stack and keep it running").add_argument(
-        "--run-dir", type=Path, default=None, help="where the service logs go (default: run/<timestamp>)")
+    serve = commands.add_parser("up", help="start the stack and keep it running")
+    serve.add_argument("--run-dir", type=Path, default=None,
+                       help="where the service logs go (default: run/<timestamp>)")
+    serve.add_argument("--gateways", type=int, default=1,
+                       help="gateway replicas; more than one share a Redis job store (default: 1)")
+    serve.add_argument("--redis", action="store_true", help="a Redis job store even for one gateway")
     args = parser.parse_args()
+    if args.command == "up" and args.gateways < 1:
+        parser.error("--gateways must be at least 1")
     try:
-        return demo(args.out) if args.command == "demo" else up(args.run_dir or _run_dir())
+        if args.command == "demo":
+            return demo(args.out)
+        return up(args.run_dir or _run_dir(), args.gateways, args.redis)
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1

@@ -246,7 +246,7 @@ class LocalStack:
         specs = [
             ServiceProcess("s3", [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
                            common, lambda: http_ok(f"{a.s3}/moto-api/"), start_timeout=60),
-            ServiceProcess("runpod", [str(WORKER_PYTHON), "-m", "services.faceswap_worker.endpoint",
+            ServiceProcess("runpod", [str(WORKER_PYTHON), "-m", "services.stack.runpod_emulator",
                                       "--host", "127.0.0.1", "--port", str(ports["runpod"]),
                                       "--endpoint-id", ENDPOINT_ID, "--workers", str(self.workers)],
                            {**common, "FACESWAP_ENDPOINT_API_KEY": self.api_key},

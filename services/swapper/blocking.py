@@ -1,4 +1,4 @@
-"""Bounded thread pools for the blocking calls (requests, boto3, Pillow).
+"""Bounded thread pools for the blocking calls (boto3, Pillow).
 
 Blocking calls never run on the event loop. Each pool counts the calls that
 are still running in a thread, even after the coroutine that started one was

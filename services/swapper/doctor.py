@@ -15,16 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import requests
+import aiohttp
 from PIL import Image
 
 from facegen.v1 import common_pb2, swapper_pb2
 from services.common.images import inspect_image
 from services.common.secrets import mask
+from services.swapper.keys import TEMP_PREFIX
 from services.swapper.runpod import RunPodError
+from services.swapper.s3 import StorageUnavailable
 from services.swapper.service import SwapperApp
 from services.swapper.settings import Settings
-from services.swapper.storage import TEMP_PREFIX, StorageUnavailable
 
 Print = Callable[[str], None]
 
@@ -110,7 +111,7 @@ async def _check_health(app: SwapperApp, report: Report) -> None:
         return
     for endpoint in app.settings.runpod.endpoints:
         try:
-            health = await app.http_pool.run(client.health, endpoint, app.settings.runpod.http_timeout_s)
+            health = await client.health(endpoint, app.settings.runpod.http_timeout_s)
         except RunPodError as exc:
             report.record(f"health {endpoint}", False, str(exc))
             continue
@@ -136,20 +137,18 @@ async def _check_storage(app: SwapperApp, report: Report) -> bool:
     pool = app.storage_pool
     try:
         await pool.run(storage.put, key, data, "image/png")
-        url = storage.presign(key, 60)
-        response = await pool.run(requests.get, url, timeout=10)
-        if response.status_code != 200 or response.content != data:
+        status, content_type, body = await _fetch(storage.presign(key, 60), 10)
+        if status != 200 or body != data:
             return report.record("storage", False, f"presigned read of {key} answered HTTP "
-                                 f"{response.status_code} with {len(response.content)} bytes")
-        if response.headers.get("Content-Type") != "image/png":
-            return report.record("storage", False, "the store returned Content-Type "
-                                 f"{response.headers.get('Content-Type')!r} for a PNG")
+                                 f"{status} with {len(body)} bytes")
+        if content_type != "image/png":
+            return report.record("storage", False, f"the store returned Content-Type {content_type!r} for a PNG")
         failed = await pool.run(storage.delete_many, [key])
         if failed or await pool.run(storage.head, key) is not None:
             return report.record("storage", False, f"{key} could not be deleted")
     except StorageUnavailable as exc:
         return report.record("storage", False, str(exc))
-    except requests.RequestException as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         return report.record("storage", False, f"presigned read failed: {type(exc).__name__}")
     elapsed = int((time.monotonic() - started) * 1000)
     return report.record("storage", True, f"bucket {storage.bucket}: write, presigned read, delete ok "
@@ -195,11 +194,18 @@ async def _check_swap(app: SwapperApp, report: Report) -> None:
         report.record("swap", False, f"fell back ({reason}): {result.fallback_message}")
         return
     try:
-        fetched = await app.storage_pool.run(requests.get, result.url, timeout=30)
-        info = inspect_image(fetched.content, "the stored result")
+        _, _, fetched = await _fetch(result.url, 30)
+        info = inspect_image(fetched, "the stored result")
     except Exception as exc:  # any failure to read the result back fails the check
         report.record("swap", False, f"the stored result cannot be read back: {exc}")
         return
     elapsed = time.monotonic() - started
     report.record("swap", True, f"external_api {info.width}x{info.height} {info.mime} in {elapsed:.1f} s "
                   f"({result.key})")
+
+
+async def _fetch(url: str, timeout_s: float) -> tuple[int, str, bytes]:
+    """GETs ``url`` as a client of the store would: (status, Content-Type, body)."""
+    async with aiohttp.ClientSession() as session, \
+            session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.read()

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
+
 from services.common import logs
 from services.swapper.breaker import CircuitBreaker
 from services.swapper.ratelimit import EndpointRateLimiter
@@ -58,13 +60,14 @@ class Endpoint:
             logs.event(log, "runpod.long_poll_disabled", logging.WARNING, endpoint=self.id, why=why)
 
 
-def build_endpoints(settings: RunPodSettings, clock: Callable[[], float] = time.monotonic) -> list[Endpoint]:
-    """The configured endpoints in failover order (primary first)."""
+def build_endpoints(settings: RunPodSettings, clock: Callable[[], float] = time.monotonic,
+                    redis: aioredis.Redis | None = None) -> list[Endpoint]:
+    """The configured endpoints in failover order (primary first); rate limits shared through ``redis``."""
     return [
         Endpoint(
             id=endpoint_id,
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock),
-            limiter=EndpointRateLimiter.for_runpod(settings.rate_safety, clock),
+            limiter=EndpointRateLimiter.for_runpod(settings.rate_safety, clock, redis=redis, endpoint=endpoint_id),
             wait_ms=settings.status_wait_ms,
         )
         for endpoint_id in settings.endpoints

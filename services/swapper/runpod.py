@@ -1,36 +1,40 @@
-"""Blocking HTTP calls to the RunPod Serverless queue API (run them in a thread).
+"""HTTP calls to the RunPod Serverless queue API, on one pooled aiohttp session per process.
 
 Each call either returns a parsed answer or raises one of the errors below,
 which say what is known about the request's fate: ``NotSent`` (it certainly
 never reached the endpoint: connection refused, DNS failure, connect
-timeout), ``NoAnswer`` (it may have been processed: reset or read timeout
-after sending), ``HttpStatusError`` (the endpoint answered with an error
-status) or ``BadResponse`` (a success status with a body that is not the
-JSON we expect). Callers decide from that whether a retry could duplicate
-work.
+timeout), ``NoAnswer`` (it may have been processed: reset or timeout after
+sending), ``HttpStatusError`` (the endpoint answered with an error status),
+``BadResponse`` (a success status with a body that is not the JSON we
+expect) or ``TooLarge`` (an answer over its size limit, refused unread).
+Callers decide from that whether a retry could duplicate work.
 
-The API key is sent only with requests built from ``api_base``, redirects
-are never followed with it, and it never appears in a message.
+Every call has one timeout for the whole request, answer included. The API
+key is sent only with requests built from ``api_base``, redirects are never
+followed with it, and it never appears in a message. aiohttp rather than
+httpx: here a request cost 0.16-0.30 ms of CPU with aiohttp against
+0.9-3.8 ms with httpx, whose pool grows costlier with every open connection.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+import aiohttp
 
 from services.swapper.backoff import parse_retry_after
 from services.swapper.fallback import clip
 
-USER_AGENT = "facegen-swapper/0.1"
-# Status answers carry the whole base64 result; this bounds what one answer may hold.
-_JSON_OVERHEAD = 1024 * 1024
+USER_AGENT = "facegen-swapper/0.2"
+_JSON = {"Content-Type": "application/json"}
+# The longest a connection may take to open, whatever the request's timeout.
+_CONNECT_S = 5.0
+_CHUNK = 64 * 1024
 
 
 class RunPodError(Exception):
@@ -47,6 +51,10 @@ class NoAnswer(RunPodError):
 
 class BadResponse(RunPodError):
     """The endpoint answered 2xx with a body that is not the JSON the API specifies."""
+
+
+class TooLarge(RunPodError):
+    """The answer is larger than the caller accepts; it was not read."""
 
 
 class HttpStatusError(RunPodError):
@@ -93,34 +101,54 @@ class StatusAnswer:
 
 
 class RunPodClient:
-    """Thread-safe client for one RunPod API base (``https://api.runpod.ai/v2`` or a local server)."""
+    """Client for one RunPod API base (``https://api.runpod.ai/v2`` or a local server).
 
-    def __init__(self, api_base: str, api_key: str, pool_size: int = 64) -> None:
+    The sessions are opened on first use, in the event loop that uses them.
+    """
+
+    def __init__(self, api_base: str, api_key: str, max_connections: int = 256) -> None:
         self.api_base = api_base.rstrip("/")
-        self._auth = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
-        self._api = _session(pool_size, self.api_base)
+        self.max_connections = max_connections
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+        # Read once: aiohttp's trust_env would scan the environment on every request.
+        self._proxy = _proxy_for(self.api_base)
+        self._api: aiohttp.ClientSession | None = None
+        self._plain: aiohttp.ClientSession | None = None
+
+    def _api_session(self) -> aiohttp.ClientSession:
+        if self._api is None:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            self._api = aiohttp.ClientSession(connector=connector, headers=self._headers, proxy=self._proxy,
+                                              cookie_jar=aiohttp.DummyCookieJar())
+        return self._api
+
+    def _plain_session(self) -> aiohttp.ClientSession:
         # Result downloads go wherever the worker says: never with our key.
-        self._plain = _session(pool_size, None)
+        if self._plain is None:
+            self._plain = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, trust_env=True,
+                                                cookie_jar=aiohttp.DummyCookieJar())
+        return self._plain
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Closes the pooled connections."""
-        self._api.close()
-        self._plain.close()
+        for session in (self._api, self._plain):
+            if session is not None:
+                await session.close()
+        self._api = self._plain = None
 
-    def submit(self, endpoint: str, payload: dict[str, Any], timeout: float) -> SubmitAnswer:
+    async def submit(self, endpoint: str, payload: dict[str, Any], timeout_s: float) -> SubmitAnswer:
         """``POST /{endpoint}/run``: queues a job."""
-        body = self._call("POST", f"{endpoint}/run", timeout, payload=payload)
+        body = await self._call("POST", f"{endpoint}/run", timeout_s, data=json.dumps(payload).encode())
         job_id = body.get("id")
         if not isinstance(job_id, str) or not job_id:
             raise BadResponse(f"/run answered without a job id (keys: {clip(', '.join(body), 100)})")
         return SubmitAnswer(job_id=job_id, status=str(body.get("status") or "IN_QUEUE"))
 
-    def status(self, endpoint: str, job_id: str, timeout: float, wait_ms: int = 0,
-               max_bytes: int = 64 * 1024 * 1024) -> StatusAnswer:
+    async def status(self, endpoint: str, job_id: str, timeout_s: float, wait_ms: int = 0,
+                     max_bytes: int = 64 * 1024 * 1024) -> StatusAnswer:
         """``GET /{endpoint}/status/{id}``, long-polling with ``?wait=`` when ``wait_ms`` > 0."""
         params = {"wait": str(wait_ms)} if wait_ms > 0 else None
-        body = self._call("GET", f"{endpoint}/status/{job_id}", timeout, params=params,
-                          max_bytes=max_bytes)
+        body = await self._call("GET", f"{endpoint}/status/{job_id}", timeout_s, params=params, max_bytes=max_bytes)
         status = body.get("status")
         if not isinstance(status, str) or not status:
             raise BadResponse(f"/status answered without a status (keys: {clip(', '.join(body), 100)})")
@@ -128,43 +156,40 @@ class RunPodClient:
                             execution_ms=_millis(body.get("executionTime")),
                             output=body.get("output"), error=body.get("error"))
 
-    def cancel(self, endpoint: str, job_id: str, timeout: float) -> str:
+    async def cancel(self, endpoint: str, job_id: str, timeout_s: float) -> str:
         """``POST /{endpoint}/cancel/{id}``; returns the status the endpoint reports."""
-        body = self._call("POST", f"{endpoint}/cancel/{job_id}", timeout)
+        body = await self._call("POST", f"{endpoint}/cancel/{job_id}", timeout_s)
         return str(body.get("status") or "")
 
-    def health(self, endpoint: str, timeout: float) -> dict[str, Any]:
+    async def health(self, endpoint: str, timeout_s: float) -> dict[str, Any]:
         """``GET /{endpoint}/health``: worker and job counts."""
-        return self._call("GET", f"{endpoint}/health", timeout)
+        return await self._call("GET", f"{endpoint}/health", timeout_s)
 
-    def download(self, url: str, max_bytes: int, timeout: float) -> bytes:
-        """Downloads a result without credentials, refusing more than ``max_bytes`` or ``timeout`` s."""
-        deadline = time.monotonic() + timeout
+    async def download(self, url: str, max_bytes: int, timeout_s: float) -> bytes:
+        """Downloads a result without credentials, refusing more than ``max_bytes`` or ``timeout_s``."""
+        what = "downloading the result"
         try:
-            with self._plain.get(url, stream=True, timeout=_timeouts(timeout), allow_redirects=True,
-                                 headers={"User-Agent": USER_AGENT}) as response:
-                if response.status_code >= 400:
-                    raise HttpStatusError(response.status_code,
-                                          f"downloading the result answered HTTP {response.status_code}")
-                return _read_capped(response, max_bytes, deadline, "the result download")
-        except requests.RequestException as exc:
-            raise _transport_error(exc, "downloading the result") from None
+            async with self._plain_session().get(url, timeout=_timeout(timeout_s)) as response:
+                if response.status >= 400:
+                    raise HttpStatusError(response.status, f"{what} answered HTTP {response.status}")
+                return await _read_capped(response, max_bytes, "the result download")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _transport_error(exc, what) from None
 
-    def _call(self, method: str, path: str, timeout: float, payload: dict[str, Any] | None = None,
-              params: dict[str, str] | None = None, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
-        url = f"{self.api_base}/{path}"
+    async def _call(self, method: str, path: str, timeout_s: float, data: bytes | None = None,
+                    params: dict[str, str] | None = None, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
         route = path.split("/")[1] if "/" in path else path
-        deadline = time.monotonic() + timeout
         try:
-            with self._api.request(method, url, json=payload, params=params, headers=self._auth,
-                                   timeout=_timeouts(timeout), allow_redirects=False,
-                                   stream=True) as response:
-                status = response.status_code
+            async with self._api_session().request(
+                    method, f"{self.api_base}/{path}", data=data, params=params,
+                    headers=_JSON if data is not None else None, timeout=_timeout(timeout_s),
+                    allow_redirects=False) as response:
+                status = response.status
                 if status >= 300:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-                    raise HttpStatusError(status, _status_message(route, status, response), retry_after)
-                raw = _read_capped(response, max_bytes + _JSON_OVERHEAD, deadline, f"/{route}")
-        except requests.RequestException as exc:
+                    raise HttpStatusError(status, await _status_message(route, response), retry_after)
+                raw = await _read_capped(response, max_bytes, f"/{route}'s answer")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _transport_error(exc, f"/{route}") from None
         try:
             body = json.loads(raw)
@@ -177,21 +202,17 @@ class RunPodClient:
         return body
 
 
-def _session(pool_size: int, api_base: str | None) -> requests.Session:
-    session = requests.Session()
-    if api_base is not None:
-        # requests would scan the whole environment for proxies and look for ~/.netrc on
-        # every request (a third of its CPU time here): read the proxies for the API host once.
-        session.trust_env = False
-        session.proxies.update(requests.utils.get_environ_proxies(api_base))
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(total, _CONNECT_S))
 
 
-def _timeouts(timeout: float) -> tuple[float, float]:
-    return (min(timeout, 5.0), timeout)
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url``'s host (HTTPS_PROXY, NO_PROXY...), read once."""
+    proxies = urllib.request.getproxies()
+    host = urlsplit(url).hostname or ""
+    if not proxies or urllib.request.proxy_bypass(host):
+        return None
+    return proxies.get(urlsplit(url).scheme)
 
 
 def _millis(value: Any) -> int:
@@ -201,41 +222,40 @@ def _millis(value: Any) -> int:
         return 0
 
 
-def _status_message(route: str, status: int, response: requests.Response) -> str:
+async def _status_message(route: str, response: aiohttp.ClientResponse) -> str:
+    status = response.status
     if status in (401, 403):
         return f"/{route} answered HTTP {status}: the RunPod API key was rejected"
     if 300 <= status < 400:
         return f"/{route} answered a redirect (HTTP {status}); redirects are not followed with the API key"
-    detail = ""
-    with contextlib.suppress(requests.RequestException):
-        detail = next(response.iter_content(200, decode_unicode=False), b"").decode("utf-8", "replace")
+    try:
+        detail = (await response.content.read(200)).decode("utf-8", "replace")
+    except (aiohttp.ClientError, OSError):
+        detail = ""
     return f"/{route} answered HTTP {status}" + (f": {clip(detail, 120)}" if detail.strip() else "")
 
 
-def _read_capped(response: requests.Response, max_bytes: int, deadline: float, what: str) -> bytes:
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BadResponse(f"{what} is {int(declared):,} bytes; the limit is {max_bytes:,} bytes")
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise TooLarge(f"{what} is {declared:,} bytes; the limit is {max_bytes:,} bytes")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(64 * 1024):
+    async for chunk in response.content.iter_chunked(_CHUNK):
         size += len(chunk)
         if size > max_bytes:
-            raise BadResponse(f"{what} is over the limit of {max_bytes:,} bytes")
-        if time.monotonic() > deadline:
-            raise NoAnswer(f"{what} did not complete in time")
+            raise TooLarge(f"{what} is over the limit of {max_bytes:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _transport_error(exc: requests.RequestException, what: str) -> RunPodError:
-    if isinstance(exc, requests.ConnectTimeout):
+def _transport_error(exc: BaseException, what: str) -> RunPodError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return NotSent(f"{what}: connection timed out")
-    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
-            return NotSent(f"{what}: connection refused or host unreachable")
-        return NoAnswer(f"{what}: connection reset or closed before a complete answer")
-    if isinstance(exc, requests.ReadTimeout):
+    if isinstance(exc, TimeoutError):
         return NoAnswer(f"{what}: no answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return NotSent(f"{what}: connection refused or host unreachable")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError):
+        return NoAnswer(f"{what}: connection reset or closed before a complete answer")
     return NoAnswer(f"{what}: {type(exc).__name__}")

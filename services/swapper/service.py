@@ -10,15 +10,19 @@ import grpc
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
 from services.common import logs
+from services.common.redis import connect
 from services.common.secrets import mask
 from services.swapper.backoff import Backoff
 from services.swapper.blocking import BlockingPool
+from services.swapper.bucket import BucketSetup
 from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.endpoints import Endpoint, build_endpoints
+from services.swapper.records import SwapRecords
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
+from services.swapper.s3 import S3Bucket, StorageUnavailable
 from services.swapper.settings import Settings
-from services.swapper.storage import ObjectStore, Storage, StorageUnavailable
+from services.swapper.storage import ObjectStore, Storage
 from services.swapper.swap import Swapper
 
 log = logging.getLogger(__name__)
@@ -39,9 +43,24 @@ class SwapperServicer(swapper_pb2_grpc.SwapperServiceServicer):
         key, deduplicated = await self.core.put_reference(request.job_id, request.image)
         return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
 
+    async def CheckReference(self, request: swapper_pb2.CheckReferenceRequest,
+                             context: grpc.aio.ServicerContext) -> swapper_pb2.CheckReferenceResponse:
+        await self.core.check_reference(request.job_id, request.key)
+        return swapper_pb2.CheckReferenceResponse()
+
+    async def PutTarget(self, request: swapper_pb2.PutTargetRequest,
+                        context: grpc.aio.ServicerContext) -> swapper_pb2.PutTargetResponse:
+        key = await self.core.put_target(request.job_id, request.image_index, request.image)
+        return swapper_pb2.PutTargetResponse(key=key)
+
     async def Swap(self, request: swapper_pb2.SwapRequest,
                    context: grpc.aio.ServicerContext) -> None:
         await self.core.swap(request, context.write, context.time_remaining())
+
+    async def CancelSwap(self, request: swapper_pb2.CancelSwapRequest,
+                         context: grpc.aio.ServicerContext) -> swapper_pb2.CancelSwapResponse:
+        cancelled = await self.core.cancel_swap(request.job_id, request.image_index)
+        return swapper_pb2.CancelSwapResponse(remote_cancelled=cancelled)
 
 
 class SwapperApp:
@@ -49,19 +68,20 @@ class SwapperApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.http_pool = BlockingPool("runpod-http", settings.http_threads)
         self.storage_pool = BlockingPool("storage", settings.storage_threads)
         self.embedded: EmbeddedS3 | None = None
         self.storage: Storage | None = None
         self.client: RunPodClient | None = None
         self.endpoints: list[Endpoint] = []
+        self.redis = connect(settings.redis, "facegen-swapper") if settings.redis is not None else None
         remote = None
         runpod = settings.runpod
         if runpod.enabled and runpod.api_key:
-            self.client = RunPodClient(runpod.api_base, runpod.api_key, pool_size=settings.http_threads)
-            self.endpoints = build_endpoints(runpod)
-            remote = RemoteSwapper(runpod, self.client, self.endpoints, self.http_pool, self.storage_pool)
-        self.core = Swapper(settings, self.storage_pool, remote)
+            self.client = RunPodClient(runpod.api_base, runpod.api_key, max_connections=settings.http_connections)
+            self.endpoints = build_endpoints(runpod, redis=self.redis)
+            remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
+        records = SwapRecords(self.redis, settings.record_grace_s) if self.redis is not None else None
+        self.core = Swapper(settings, self.storage_pool, remote, records)
         self.servicer = SwapperServicer(self.core)
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -87,6 +107,7 @@ class SwapperApp:
             "api_base": runpod.api_base,
             "api_key": mask(runpod.api_key),
             "long_poll_ms": str(runpod.status_wait_ms),
+            "redis": self.settings.redis.display_url if self.settings.redis else "none (no resumable swaps)",
         }
 
     def build_storage(self) -> Storage:
@@ -105,13 +126,14 @@ class SwapperApp:
             endpoint = storage_settings.endpoint_url
             key_id = storage_settings.access_key_id or ""
             secret = storage_settings.secret_access_key or ""
-        self.storage = Storage(storage_settings, endpoint, key_id, secret, pool_size=self.settings.storage_threads)
+        s3 = S3Bucket(storage_settings, endpoint, key_id, secret, pool_size=self.settings.storage_threads)
+        self.storage = Storage(s3)
         return self.storage
 
     async def start_once(self) -> None:
         """Checks storage once; raises StorageUnavailable with the reason when it is not usable."""
         storage = await self.storage_pool.run(self.build_storage)
-        notes = await self.storage_pool.run(storage.ensure_ready)
+        notes = await self.storage_pool.run(BucketSetup(storage.s3).ensure_ready)
         self.core.store = ObjectStore(storage, self.storage_pool)
         logs.event(log, "storage.ready", bucket=storage.bucket, endpoint=storage.endpoint_url,
                    notes="; ".join(notes) or "-")
@@ -141,8 +163,9 @@ class SwapperApp:
         self.core.store = None
         self.core.not_ready_reason = "the swapper is stopping"
         if self.client is not None:
-            self.client.close()
-        await asyncio.to_thread(self.http_pool.shutdown, True)
+            await self.client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await asyncio.to_thread(self.storage_pool.shutdown, True)
         if self.embedded is not None:
             self.embedded.stop()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from services.common.config import ConfigError, Env, MiB, ServerSettings
 from services.common.image_limits import STORED_IMAGE, SWAP_RESULT, ImageLimits
+from services.common.redis import RedisSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50053"
 DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
@@ -89,9 +90,12 @@ class Settings:
     storage: StorageSettings
     runpod: RunPodSettings
     target_limits: ImageLimits
-    http_threads: int
+    http_connections: int
     storage_threads: int
     max_in_flight: int
+    # Shared state (resumable swaps' records, the rate limit) when REDIS_URL is set.
+    redis: RedisSettings | None = None
+    record_grace_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> Settings:
@@ -114,9 +118,11 @@ class Settings:
                 max_pixels=env.get_int("SWAPPER_MAX_IMAGE_PIXELS", STORED_IMAGE.max_pixels, minimum=64),
                 max_side=env.get_int("SWAPPER_MAX_IMAGE_SIDE", STORED_IMAGE.max_side, minimum=8),
                 min_side=STORED_IMAGE.min_side),
-            http_threads=env.get_int("SWAPPER_HTTP_THREADS", 256, minimum=4, maximum=4096),
+            http_connections=env.get_int("SWAPPER_HTTP_CONNECTIONS", 256, minimum=8, maximum=65_536),
             storage_threads=env.get_int("SWAPPER_STORAGE_THREADS", 32, minimum=2, maximum=1024),
             max_in_flight=env.get_int("SWAPPER_MAX_IN_FLIGHT", 512, minimum=1, maximum=100_000),
+            redis=RedisSettings.from_env(env),
+            record_grace_s=env.get_float("SWAPPER_RECORD_GRACE_SECONDS", 60.0, minimum=1.0, maximum=86_400),
         )
 
 

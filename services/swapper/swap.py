@@ -1,76 +1,61 @@
-"""The Swap and PutReference operations, independent of gRPC.
+"""The swapper's operations, independent of gRPC: Swap, PutReference, CheckReference, PutTarget, CancelSwap.
 
-A swap stores the target image as a temporary object, runs the remote swap
-(or does not: store-only, or no endpoint configured), stores the result (the
-swapped image, or the original with the reason) and reports each step as a
-``SwapEvent``. Whatever happens, including the caller cancelling, the
-temporary object is deleted and nothing the swap started is left running
-when it returns.
+A swap stores the target image as a temporary object (or finds it stored),
+runs the remote swap (or does not: store-only, or no endpoint configured),
+stores the result (the swapped image, or the original with the reason) and
+reports each step as a ``SwapEvent``. When it ends, nothing it started is
+left running and its temporary object is deleted, except for a resumable
+swap that did not finish (its caller left, or storage failed): its target
+and record stay for the next call, which follows the same remote job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from PIL import Image
-
 from facegen.v1 import common_pb2, swapper_pb2
 from services.common import logs
-from services.common.errors import InvalidInput, ResourceExhausted, Unavailable
-from services.common.images import ImageInfo, ImageLimits, inspect_image, sanitize
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.fallback import DISABLED, SwapFallback
-from services.swapper.remote import RemoteEvent, RemoteSwapper, Submitted, SwapInputs, SwapSuccess, finish
+from services.swapper.inputs import CheckedImage, check_image, check_job, check_reference_key, check_swap_request
+from services.swapper.jobs import CallerGone, RemoteEvent, RemoteJob, Submitted, SwapInputs, SwapSuccess
+from services.swapper.keys import result_key, temp_key
+from services.swapper.records import SUBMITTED, SwapRecords
+from services.swapper.remote import RemoteSwapper, finish
+from services.swapper.resume import Resumable, Submit
 from services.swapper.settings import Settings
-from services.swapper.storage import ObjectStore, result_key, temp_key
+from services.swapper.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 EmitEvent = Callable[[swapper_pb2.SwapEvent], Awaitable[None]]
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_REFERENCE_KEY = re.compile(r"^refs/[0-9a-f]{64}\.(?:jpg|png|webp)$")
 # Time kept back from the caller's gRPC deadline to store the fallback and answer.
 _RESERVE_S = 1.0
-# Image metadata that may carry personal data (EXIF GPS, XMP, comments, PNG text).
-_PERSONAL_METADATA = ("exif", "xmp", "XML:com.adobe.xmp", "comment")
 
 
 @dataclass(frozen=True)
-class CheckedImage:
-    """Validated image bytes (metadata stripped when there was any) and what they are."""
-
-    data: bytes
-    info: ImageInfo
-
-
-def check_image(data: bytes, field: str, limits: ImageLimits) -> CheckedImage:
-    """Validates an image; re-encodes it only when it carries metadata or more than one picture."""
-    info = inspect_image(data, field, limits)
-    with Image.open(io.BytesIO(data)) as image:
-        text = getattr(image, "text", None)
-        has_metadata = any(key in image.info for key in _PERSONAL_METADATA) or bool(text)
-    if has_metadata or info.multi_picture:
-        clean, info = sanitize(data, field, limits)
-        return CheckedImage(clean, info)
-    return CheckedImage(data, info)
+class _Target:
+    key: str
+    url: str
+    image: CheckedImage
 
 
 class Swapper:
-    """Serves PutReference and Swap; ``store`` is set once storage is ready."""
+    """Serves the operations; ``store`` is set once storage is ready, ``records`` when Redis is configured."""
 
     def __init__(self, settings: Settings, work_pool: BlockingPool, remote: RemoteSwapper | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 records: SwapRecords | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.work_pool = work_pool
         self.remote = remote
+        self.records = records
         self.store: ObjectStore | None = None
         self.not_ready_reason = "storage is being checked"
         self._clock = clock
@@ -81,6 +66,12 @@ class Swapper:
             raise Unavailable(f"the swapper is not ready: {self.not_ready_reason}")
         return self.store
 
+    def _ready_records(self, what: str) -> SwapRecords:
+        if self.records is None:
+            raise FailedPrecondition(f"{what} needs the swapper to keep swap records in Redis, and it has no "
+                                     "REDIS_URL")
+        return self.records
+
     async def put_reference(self, job_id: str, image: bytes) -> tuple[str, bool]:
         """Stores a reference face under its content address; returns (key, deduplicated)."""
         store = self._ready_store()
@@ -90,15 +81,54 @@ class Swapper:
             logs.event(log, "swap.reference_stored", key=key, deduplicated=deduplicated)
             return key, deduplicated
 
+    async def check_reference(self, job_id: str, key: str) -> None:
+        """INVALID_ARGUMENT for a malformed key, NOT_FOUND unless the reference is stored (a HEAD, cached)."""
+        check_reference_key(key)
+        with logs.job_context(job_id or "-"):
+            await self._ready_store().require_reference(key)
+
+    async def put_target(self, job_id: str, index: int, image: bytes) -> str:
+        """Stores a job's target image as the temporary object a later Swap reads through ``target_key``."""
+        check_job(job_id, index)
+        store = self._ready_store()
+        with logs.job_context(job_id):
+            checked = await self.work_pool.run(check_image, image, "image", self.settings.target_limits)
+            key = temp_key(job_id, index, checked.info.mime)
+            await store.put_temp(key, checked.data, checked.info.mime)
+            logs.event(log, "swap.target_stored", key=key, bytes=len(checked.data))
+            return key
+
+    async def cancel_swap(self, job_id: str, index: int) -> bool:
+        """Ends a resumable swap nobody follows: one ``/cancel`` for its job, its target deleted. Idempotent."""
+        check_job(job_id, index)
+        records = self._ready_records("CancelSwap")
+        store = self._ready_store()
+        with logs.job_context(job_id):
+            before = await records.cancel(job_id, index)
+            cancelled = False
+            if before is not None and before.state == SUBMITTED and self.remote is not None:
+                endpoint = self.remote.endpoint(before.endpoint)
+                if endpoint is not None:
+                    cancelled = await self.remote.cancel(RemoteJob(endpoint, before.remote_job_id))
+            if before is not None and before.target_key:
+                await store.start_delete_temp(before.target_key)
+            logs.event(log, "swap.cancelled", index=index, state=before.state if before else "-",
+                       remote_cancelled=cancelled)
+            return cancelled
+
     async def swap(self, request: swapper_pb2.SwapRequest, emit: EmitEvent,
                    time_remaining: float | None = None) -> None:
         """Runs one swap, sending every event through ``emit``; ends with exactly one result event.
 
-        Raises InvalidInput, NotFound, ResourceExhausted or Unavailable
-        (storage) before or instead of a result; never a half-made result.
+        Raises InvalidInput, NotFound, FailedPrecondition, ResourceExhausted or
+        Unavailable (storage, Redis) before or instead of a result; never a
+        half-made result.
         """
         store = self._ready_store()
-        _check_request(request)
+        check_swap_request(request)
+        emit = _delivering(emit)
+        if request.resumable:
+            self._ready_records("a resumable swap")
         if self.in_flight >= self.settings.max_in_flight:
             raise ResourceExhausted(f"the swapper is running {self.in_flight} swaps, its limit "
                                     "(SWAPPER_MAX_IN_FLIGHT); retry later")
@@ -122,30 +152,62 @@ class Swapper:
         started = self._clock()
         deadline = started + budget_s
         scope = CallScope()
-        target = await scope.run(self.work_pool, check_image, request.target_image, "target_image",
-                                 self.settings.target_limits)
-        if request.reference_key:
-            await store.require_reference(request.reference_key)
-        key = temp_key(request.job_id, request.image_index, target.info.mime)
-        # A failed upload leaves nothing to delete (a half-made one is the lifecycle rule's).
-        target_url = await store.put_temp(key, target.data, target.info.mime)
+        resumable = None
+        if request.resumable:
+            assert self.records is not None
+            resumable = await Resumable.load(self.records, request.job_id, request.image_index, budget_s)
+        target = await self._target(store, request, resumable, scope)
         deleting: asyncio.Future[bool] | None = None
+        finished = False
         try:
-            logs.event(log, "swap.stored", key=key, bytes=len(target.data))
-            await emit(swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=key)))
-            outcome = await self._run_remote(store, request, target_url, deadline, emit, scope)
-            # The inputs are no longer needed: delete while the result is being stored.
-            deleting = store.start_delete_temp(key)
-            result = await self._store_result(store, request, target, outcome)
+            logs.event(log, "swap.stored", key=target.key, bytes=len(target.image.data))
+            await emit(swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=target.key)))
+            outcome = await self._run_remote(store, request, target.url, deadline, emit, scope, resumable)
+            if resumable is None:
+                # The inputs are no longer needed: delete while the result is being stored.
+                deleting = store.start_delete_temp(target.key)
+            result = await self._store_result(store, request, target.image, outcome)
+            finished = True
             logs.event(log, "swap.result", key=result.key, method=common_pb2.FaceSwapMethod.Name(result.method),
                        reason=reason_name(result.fallback_reason) if result.fallback_reason else "-",
                        message=result.fallback_message, elapsed_ms=int((self._clock() - started) * 1000))
             await emit(swapper_pb2.SwapEvent(result=result))
         finally:
-            await finish(self._clean_up(store, key, deleting, scope))
+            await finish(self._clean_up(store, target.key, deleting, scope, resumable, finished))
+
+    async def _target(self, store: ObjectStore, request: swapper_pb2.SwapRequest, resumable: Resumable | None,
+                      scope: CallScope) -> _Target:
+        """The checked target and its URL: stored now, or by an earlier call (``target_key``, the record)."""
+        limits = self.settings.target_limits
+        stored = request.target_key or (resumable.stored_target if resumable is not None else "")
+        data = request.target_image
+        if request.target_key:
+            loaded = await store.get(request.target_key)
+            if loaded is None:
+                raise NotFound(f"target_key {request.target_key!r} does not exist in storage (the swap ended, "
+                               "or it expired); send the target image again")
+            data = loaded
+        image = await scope.run(self.work_pool, check_image, data, "target_image", limits)
+        if request.reference_key:
+            await store.require_reference(request.reference_key)
+        if stored:
+            if resumable is not None and stored != resumable.stored_target:
+                await resumable.note_target(stored)
+            return _Target(stored, await store.temp_url(stored), image)
+        key = temp_key(request.job_id, request.image_index, image.info.mime)
+        # A failed upload leaves nothing to delete (a half-made one is the lifecycle rule's).
+        url = await store.put_temp(key, image.data, image.info.mime)
+        if resumable is not None:
+            try:
+                await resumable.note_target(key)
+            except Unavailable:
+                await store.start_delete_temp(key)
+                raise
+        return _Target(key, url, image)
 
     async def _run_remote(self, store: ObjectStore, request: swapper_pb2.SwapRequest, target_url: str,
-                          deadline: float, emit: EmitEvent, scope: CallScope) -> SwapSuccess | SwapFallback:
+                          deadline: float, emit: EmitEvent, scope: CallScope,
+                          resumable: Resumable | None) -> SwapSuccess | SwapFallback:
         if not request.reference_key:
             return SwapFallback(DISABLED, "no reference face was given: the image was stored without a swap")
         if self.remote is None:
@@ -161,14 +223,20 @@ class Swapper:
         async def forward(event: RemoteEvent) -> None:
             if isinstance(event, Submitted):
                 await emit(swapper_pb2.SwapEvent(submitted=swapper_pb2.SwapSubmitted(
-                    remote_job_id=event.job_id, endpoint=event.endpoint)))
+                    remote_job_id=event.job_id, endpoint=event.endpoint, resumed=event.resumed)))
             else:
                 await emit(swapper_pb2.SwapEvent(remote_status=common_pb2.RemoteJobStatus(
                     remote_job_id=event.job_id, endpoint=event.endpoint, status=event.status,
                     delay_time_ms=event.delay_ms, execution_time_ms=event.execution_ms)))
 
         try:
-            return await self.remote.swap(inputs, deadline, forward, scope)
+            resume = None
+            if resumable is not None:
+                decision = await resumable.decide(self.remote, self.settings.runpod.http_timeout_s + 1)
+                if isinstance(decision, SwapFallback):
+                    raise decision
+                resume = None if isinstance(decision, Submit) else decision
+            return await self.remote.swap(inputs, deadline, forward, scope, journal=resumable, resume=resume)
         except SwapFallback as fallback:
             logs.event(log, "swap.fallback", logging.WARNING, reason=fallback.reason_name,
                        message=fallback.message)
@@ -193,21 +261,23 @@ class Swapper:
         return result
 
     async def _clean_up(self, store: ObjectStore, key: str, deleting: asyncio.Future[bool] | None,
-                        scope: CallScope) -> None:
-        await (deleting if deleting is not None else store.start_delete_temp(key))
+                        scope: CallScope, resumable: Resumable | None, finished: bool) -> None:
+        if resumable is None or finished:
+            await (deleting if deleting is not None else store.start_delete_temp(key))
+        if resumable is not None and finished:
+            await resumable.forget()
         limit = self.settings.runpod.http_timeout_s + self.settings.runpod.status_wait_ms / 1000 + 1
         if not await scope.drain(limit):
             logs.event(log, "swap.leftover_calls", logging.WARNING, pending=scope.pending)
 
 
-def _check_request(request: swapper_pb2.SwapRequest) -> None:
-    if not _JOB_ID.match(request.job_id):
-        raise InvalidInput("job_id must be 1-128 characters: letters, digits, '.', '_' or '-', "
-                           "starting with a letter or digit")
-    if request.image_index < 0 or request.image_index > 1000:
-        raise InvalidInput(f"image_index is {request.image_index}; it must be between 0 and 1000")
-    if request.deadline_ms < 0:
-        raise InvalidInput(f"deadline_ms is {request.deadline_ms}; it must be 0 (the default) or positive")
-    if request.reference_key and not _REFERENCE_KEY.match(request.reference_key):
-        raise InvalidInput("reference_key must be a key returned by PutReference "
-                           "(refs/<sha256>.<jpg|png|webp>)")
+def _delivering(emit: EmitEvent) -> EmitEvent:
+    """``emit``, with a failed delivery (the call already ended) raised as ``CallerGone``."""
+
+    async def deliver(event: swapper_pb2.SwapEvent) -> None:
+        try:
+            await emit(event)
+        except Exception as exc:
+            raise CallerGone(f"the caller went away ({type(exc).__name__})") from exc
+
+    return deliver

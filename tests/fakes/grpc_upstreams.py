@@ -149,8 +149,8 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
         self.script = script or GeneratorScript()
         self.models = models if models is not None else [common_pb2.ModelInfo(
             name="tiny-sd", family="sd", loaded=True, is_default=True, default_width=64,
-            default_height=64, min_size=64, max_size=512, default_steps=4, max_steps=50,
-            default_guidance=7.5, max_guidance=20.0)]
+            default_height=64, min_size=64, max_size=512, size_multiple=8, default_steps=4, max_steps=50,
+            default_guidance=7.5, max_guidance=20.0, negative_prompt=True, loras=["tiny-style"])]
         self.requests: list[generator_pb2.GenerateRequest] = []
         self.cancelled: list[str] = []
         self.active = 0
@@ -264,6 +264,15 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
         self.put_durations[request.job_id] = time.perf_counter() - started
         self._notify()
         return swapper_pb2.PutReferenceResponse(key=key, deduplicated=deduplicated)
+
+    async def CheckReference(self, request: swapper_pb2.CheckReferenceRequest,
+                             context: grpc.aio.ServicerContext) -> swapper_pb2.CheckReferenceResponse:
+        if not request.key.startswith("refs/"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reference_key must be a key returned by "
+                                "PutReference (refs/<sha256>.<jpg|png|webp>)")
+        if request.key not in self.references:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"reference {request.key} not found")
+        return swapper_pb2.CheckReferenceResponse()
 
     async def PutTarget(self, request: swapper_pb2.PutTargetRequest,
                         context: grpc.aio.ServicerContext) -> swapper_pb2.PutTargetResponse:

@@ -82,6 +82,7 @@ class RunningEndpoint:
         return requests.get(f"{self.base}/{path}", headers=self.headers, timeout=timeout)
 
     def admin(self, faults: dict[str, object] | None = None) -> dict[str, object]:
+        """Set (or with None, clear) the endpoint's fault settings."""
         url = f"http://127.0.0.1:{self.port}/admin/faults"
         if faults is None:
             resp = requests.delete(url, headers=self.headers, timeout=10)
@@ -123,10 +124,10 @@ class RunningEndpoint:
 
 
 def start_endpoint(*extra: str, workers: int = 2, endpoint_id: str = "ep-test") -> RunningEndpoint:
-    """Start ``python -m services.faceswap_worker.endpoint`` on a free port and wait until it is ready."""
+    """Start the RunPod emulator with real workers (as the local stack does) on a free port; wait until ready."""
     api_key = "rpa_TESTKEY_0123456789abcdef"
     cmd = [
-        sys.executable, "-m", "services.faceswap_worker.endpoint", "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "services.stack.runpod_emulator", "--host", "127.0.0.1", "--port", "0",
         "--endpoint-id", endpoint_id, "--api-key", api_key, "--workers", str(workers), *extra,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -147,24 +148,12 @@ def start_endpoint(*extra: str, workers: int = 2, endpoint_id: str = "ep-test") 
 
 @pytest.fixture(scope="session")
 def real_endpoint() -> Iterator[RunningEndpoint]:
-    """Two worker processes running the real handler."""
-    ep = start_endpoint(workers=2)
-    yield ep
-    ep.stop()
-
-
-@pytest.fixture
-def sim_endpoint(request: pytest.FixtureRequest) -> Iterator[RunningEndpoint]:
-    """Simulated workers (no engine), for state-machine tests; flags from @pytest.mark.endpoint_args."""
-    marker = request.node.get_closest_marker("endpoint_args")
-    args = list(marker.args) if marker else []
-    workers = int(marker.kwargs.get("workers", 2)) if marker else 2
-    ep = start_endpoint(*args, workers=workers)
+    """Two worker processes running the real handler (and one warm spare); short RunPod minimums for tests."""
+    ep = start_endpoint("--min-execution-timeout-ms", "100", workers=2)
     yield ep
     ep.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "endpoint_args(*flags, workers=N): flags for the sim_endpoint fixture")
     # matplotlib 3.10.0 (imported by mediapipe) still calls pyparsing's old camelCase names.
     config.addinivalue_line("filterwarnings", "ignore:.* deprecated - use .*:DeprecationWarning")

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from services.faceswap_worker import handler as handler_module
-from services.faceswap_worker.endpoint.pool import to_run_result
 from services.faceswap_worker.engine import SwapEngine
 from services.faceswap_worker.handler import FaceSwapWorker
 from services.faceswap_worker.settings import WorkerSettings
+from services.stack.runpod_emulator.workers import to_run_result
 
 pytestmark = pytest.mark.unit
 

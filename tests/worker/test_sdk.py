@@ -1,4 +1,4 @@
-"""Faithfulness: the official runpod SDK client (runpod.Endpoint) drives the local endpoint as it would the real one."""
+"""Faithfulness: the official runpod SDK client (runpod.Endpoint) drives the emulator as it would RunPod."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import runpod
 from PIL import Image
 
-from tests.worker.conftest import RunningEndpoint, start_endpoint
+from services.stack.runpod_emulator import JobPlan, RunPodEmulator, cycle_plans
+from tests.worker.conftest import RunningEndpoint
 from tests.worker.test_endpoint import TINY
 
 pytestmark = pytest.mark.integration
@@ -24,10 +25,13 @@ def _point_sdk_at(monkeypatch: pytest.MonkeyPatch, ep: RunningEndpoint, key: str
 
 
 @pytest.fixture(scope="module")
-def slow_endpoint() -> Iterator[RunningEndpoint]:
-    ep = start_endpoint("--simulate-ms", "30000", workers=1, endpoint_id="ep-slow")
-    yield ep
-    ep.stop()
+def scripted() -> Iterator[RunPodEmulator]:
+    """The emulator in this process with scripted jobs: the first runs 30 s, the next waits 30 s in the queue."""
+    emulator = RunPodEmulator(api_key="rpa_SCRIPTED_0123456789").start()
+    emulator.endpoint("ep-slow").plan = cycle_plans([JobPlan(run_s=30, fetch_inputs=False),
+                                                     JobPlan(queue_s=30, fetch_inputs=False)])
+    yield emulator
+    emulator.stop()
 
 
 def test_run_status_output(monkeypatch: pytest.MonkeyPatch, real_endpoint: RunningEndpoint,
@@ -66,8 +70,10 @@ def test_wrong_key_is_unauthorized(monkeypatch: pytest.MonkeyPatch, real_endpoin
         endpoint.health()
 
 
-def test_cancel_and_purge(monkeypatch: pytest.MonkeyPatch, slow_endpoint: RunningEndpoint) -> None:
-    endpoint = _point_sdk_at(monkeypatch, slow_endpoint)
+def test_cancel_and_purge(monkeypatch: pytest.MonkeyPatch, scripted: RunPodEmulator) -> None:
+    monkeypatch.setattr(runpod, "endpoint_url_base", scripted.base_url)
+    monkeypatch.setattr(runpod, "api_key", scripted.api_key)
+    endpoint = runpod.Endpoint("ep-slow")
     running = endpoint.run(TINY)
     deadline = time.monotonic() + 10
     while running.status() != "IN_PROGRESS":

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x61\x63\x65gen/v1/common.proto\x12\nfacegen.v1\"P\n\x0bSwapOptions\x12\x12\n\nmouth_mask\x18\x01 \x01(\x08\x12\x19\n\x11use_face_enhancer\x18\x02 \x01(\x08\x12\x12\n\nmany_faces\x18\x03 \x01(\x08\"8\n\x08LoraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_weight\"\x89\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x15\n\rdefault_width\x18\x05 \x01(\x05\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x06 \x01(\x05\x12\x10\n\x08min_size\x18\x07 \x01(\x05\x12\x10\n\x08max_size\x18\x08 \x01(\x05\x12\x15\n\rdefault_steps\x18\t \x01(\x05\x12\x11\n\tmax_steps\x18\n \x01(\x05\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\x0b \x01(\x02\x12\x14\n\x0cmax_guidance\x18\x0c \x01(\x02\x12\r\n\x05loras\x18\r \x03(\t\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.facegen.v1.ModelInfo\"|\n\x0fRemoteJobStatus\x12\x15\n\rremote_job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x15\n\rdelay_time_ms\x18\x04 \x01(\x03\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x03*\x8c\x01\n\x0e\x46\x61\x63\x65SwapMethod\x12 \n\x1c\x46\x41\x43\x45_SWAP_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41\x43\x45_SWAP_METHOD_NONE\x10\x01\x12!\n\x1d\x46\x41\x43\x45_SWAP_METHOD_EXTERNAL_API\x10\x02\x12\x1a\n\x16\x46\x41\x43\x45_SWAP_METHOD_LOCAL\x10\x03*\xff\x03\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12(\n$FALLBACK_REASON_ENDPOINT_UNAVAILABLE\x10\x02\x12 \n\x1c\x46\x41LLBACK_REASON_KEY_REJECTED\x10\x03\x12 \n\x1c\x46\x41LLBACK_REASON_RATE_LIMITED\x10\x04\x12!\n\x1d\x46\x41LLBACK_REASON_REMOTE_FAILED\x10\x05\x12\x1d\n\x19\x46\x41LLBACK_REASON_TIMED_OUT\x10\x06\x12\x1d\n\x19\x46\x41LLBACK_REASON_CANCELLED\x10\x07\x12!\n\x1d\x46\x41LLBACK_REASON_NO_FACE_FOUND\x10\x08\x12&\n\"FALLBACK_REASON_UNDECODABLE_RESULT\x10\t\x12\x1f\n\x1b\x46\x41LLBACK_REASON_JOB_EXPIRED\x10\n\x12\"\n\x1e\x46\x41LLBACK_REASON_PROTOCOL_ERROR\x10\x0b\x12\"\n\x1e\x46\x41LLBACK_REASON_SWAP_UNCHANGED\x10\x0c\x12+\n\'FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE\x10\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x61\x63\x65gen/v1/common.proto\x12\nfacegen.v1\"P\n\x0bSwapOptions\x12\x12\n\nmouth_mask\x18\x01 \x01(\x08\x12\x19\n\x11use_face_enhancer\x18\x02 \x01(\x08\x12\x12\n\nmany_faces\x18\x03 \x01(\x08\"8\n\x08LoraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\t\n\x07_weight\"\xb9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x15\n\rdefault_width\x18\x05 \x01(\x05\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x06 \x01(\x05\x12\x10\n\x08min_size\x18\x07 \x01(\x05\x12\x10\n\x08max_size\x18\x08 \x01(\x05\x12\x15\n\rdefault_steps\x18\t \x01(\x05\x12\x11\n\tmax_steps\x18\n \x01(\x05\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\x0b \x01(\x02\x12\x14\n\x0cmax_guidance\x18\x0c \x01(\x02\x12\r\n\x05loras\x18\r \x03(\t\x12\x15\n\rsize_multiple\x18\x0e \x01(\x05\x12\x17\n\x0fnegative_prompt\x18\x0f \x01(\x08\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.facegen.v1.ModelInfo\"|\n\x0fRemoteJobStatus\x12\x15\n\rremote_job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x15\n\rdelay_time_ms\x18\x04 \x01(\x03\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x03*\x8c\x01\n\x0e\x46\x61\x63\x65SwapMethod\x12 \n\x1c\x46\x41\x43\x45_SWAP_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41\x43\x45_SWAP_METHOD_NONE\x10\x01\x12!\n\x1d\x46\x41\x43\x45_SWAP_METHOD_EXTERNAL_API\x10\x02\x12\x1a\n\x16\x46\x41\x43\x45_SWAP_METHOD_LOCAL\x10\x03*\xff\x03\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12(\n$FALLBACK_REASON_ENDPOINT_UNAVAILABLE\x10\x02\x12 \n\x1c\x46\x41LLBACK_REASON_KEY_REJECTED\x10\x03\x12 \n\x1c\x46\x41LLBACK_REASON_RATE_LIMITED\x10\x04\x12!\n\x1d\x46\x41LLBACK_REASON_REMOTE_FAILED\x10\x05\x12\x1d\n\x19\x46\x41LLBACK_REASON_TIMED_OUT\x10\x06\x12\x1d\n\x19\x46\x41LLBACK_REASON_CANCELLED\x10\x07\x12!\n\x1d\x46\x41LLBACK_REASON_NO_FACE_FOUND\x10\x08\x12&\n\"FALLBACK_REASON_UNDECODABLE_RESULT\x10\t\x12\x1f\n\x1b\x46\x41LLBACK_REASON_JOB_EXPIRED\x10\n\x12\"\n\x1e\x46\x41LLBACK_REASON_PROTOCOL_ERROR\x10\x0b\x12\"\n\x1e\x46\x41LLBACK_REASON_SWAP_UNCHANGED\x10\x0c\x12+\n\'FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE\x10\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facegen.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FACESWAPMETHOD']._serialized_start=656
-  _globals['_FACESWAPMETHOD']._serialized_end=796
-  _globals['_FALLBACKREASON']._serialized_start=799
-  _globals['_FALLBACKREASON']._serialized_end=1310
+  _globals['_FACESWAPMETHOD']._serialized_start=704
+  _globals['_FACESWAPMETHOD']._serialized_end=844
+  _globals['_FALLBACKREASON']._serialized_start=847
+  _globals['_FALLBACKREASON']._serialized_end=1358
   _globals['_SWAPOPTIONS']._serialized_start=39
   _globals['_SWAPOPTIONS']._serialized_end=119
   _globals['_LORASPEC']._serialized_start=121
   _globals['_LORASPEC']._serialized_end=177
   _globals['_MODELINFO']._serialized_start=180
-  _globals['_MODELINFO']._serialized_end=445
-  _globals['_LISTMODELSREQUEST']._serialized_start=447
-  _globals['_LISTMODELSREQUEST']._serialized_end=466
-  _globals['_LISTMODELSRESPONSE']._serialized_start=468
-  _globals['_LISTMODELSRESPONSE']._serialized_end=527
-  _globals['_REMOTEJOBSTATUS']._serialized_start=529
-  _globals['_REMOTEJOBSTATUS']._serialized_end=653
+  _globals['_MODELINFO']._serialized_end=493
+  _globals['_LISTMODELSREQUEST']._serialized_start=495
+  _globals['_LISTMODELSREQUEST']._serialized_end=514
+  _globals['_LISTMODELSRESPONSE']._serialized_start=516
+  _globals['_LISTMODELSRESPONSE']._serialized_end=575
+  _globals['_REMOTEJOBSTATUS']._serialized_start=577
+  _globals['_REMOTEJOBSTATUS']._serialized_end=701
 # @@protoc_insertion_point(module_scope)

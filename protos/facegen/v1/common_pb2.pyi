@@ -68,7 +68,7 @@ class LoraSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "family", "loaded", "is_default", "default_width", "default_height", "min_size", "max_size", "default_steps", "max_steps", "default_guidance", "max_guidance", "loras")
+    __slots__ = ("name", "family", "loaded", "is_default", "default_width", "default_height", "min_size", "max_size", "default_steps", "max_steps", "default_guidance", "max_guidance", "loras", "size_multiple", "negative_prompt")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class ModelInfo(_message.Message):
     DEFAULT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     LORAS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_MULTIPLE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     loaded: bool
@@ -95,7 +97,9 @@ class ModelInfo(_message.Message):
     default_guidance: float
     max_guidance: float
     loras: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., loaded: _Optional[bool] = ..., is_default: _Optional[bool] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., default_steps: _Optional[int] = ..., max_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., max_guidance: _Optional[float] = ..., loras: _Optional[_Iterable[str]] = ...) -> None: ...
+    size_multiple: int
+    negative_prompt: bool
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., loaded: _Optional[bool] = ..., is_default: _Optional[bool] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., default_steps: _Optional[int] = ..., max_steps: _Optional[int] = ..., default_guidance: _Optional[float] = ..., max_guidance: _Optional[float] = ..., loras: _Optional[_Iterable[str]] = ..., size_multiple: _Optional[int] = ..., negative_prompt: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -166,9 +166,28 @@ async def test_a_reference_key_from_an_earlier_job_skips_the_upload(
     assert second.state == gateway_pb2.JOB_STATE_COMPLETED
     assert second.reference_key == first.reference_key
     assert len(upstreams.swapper.puts) == uploads
-    unknown = check_stream(await collect(gateway.stub.Run(job_request(reference_key="refs/unknown.png"))))
-    assert (unknown.state, unknown.code) == (gateway_pb2.JOB_STATE_FAILED, "NOT_FOUND")
-    assert "refs/unknown.png" in unknown.message
+
+
+@pytest.mark.parametrize(("fields", "code", "needle"), [
+    ({"preview_every": 10}, grpc.StatusCode.INVALID_ARGUMENT,
+     "preview_every=10 is out of range: 0 (no previews) to steps (4)"),
+    ({"width": 1024}, grpc.StatusCode.INVALID_ARGUMENT, "width=1024 is not allowed: tiny-sd takes a multiple of 8 "
+                                                        "from 64 to 512"),
+    ({"steps": 60}, grpc.StatusCode.INVALID_ARGUMENT, "steps=60 is out of range: tiny-sd allows 1 to 50"),
+    ({"model": "huge-xl"}, grpc.StatusCode.NOT_FOUND, "model 'huge-xl' is not in the catalog; available: tiny-sd"),
+    ({"lora": common_pb2.LoraSpec(name="oil-paint")}, grpc.StatusCode.NOT_FOUND,
+     "lora 'oil-paint' is not available for tiny-sd; available: tiny-style"),
+    ({"reference_key": "not-a-key.png"}, grpc.StatusCode.INVALID_ARGUMENT, "reference_key must be a key"),
+    ({"reference_key": "refs/" + "0" * 64 + ".png"}, grpc.StatusCode.NOT_FOUND, "not found"),
+])
+async def test_what_the_model_and_storage_refuse_is_refused_at_submit(
+        gateway: Gateway, upstreams: FakeUpstreams, fields: dict[str, object], code: grpc.StatusCode,
+        needle: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.stub.Submit(job_request(**fields))
+    assert caught.value.code() == code
+    assert needle in (caught.value.details() or "")
+    assert not upstreams.generator.requests and await stored_jobs(gateway) == 0
 
 
 @pytest.mark.parametrize(("fields", "needle"), [

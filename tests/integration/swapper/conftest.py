@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,11 +12,12 @@ import pytest
 from facegen.v1 import swapper_pb2_grpc
 from services.common.config import Env
 from services.common.server import ServiceServer
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.embedded_s3 import EmbeddedS3
 from services.swapper.service import SERVICE_NAME, SwapperApp
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod
 from tests.integration.swapper.harness import API_KEY, BACKUP, PRIMARY, Harness, MakeSwapper
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +64,7 @@ def base_env(s3_server: EmbeddedS3, fake_runpod: FakeRunPod, bucket: str) -> dic
         "FACE_SWAP_HTTP_TIMEOUT_SECONDS": "2",
         "FACE_SWAP_CANCEL_TIMEOUT_SECONDS": "2",
         "SWAPPER_LISTEN": "127.0.0.1:0",
-        "SWAPPER_HTTP_THREADS": "16",
+        "SWAPPER_HTTP_CONNECTIONS": "16",
         "SWAPPER_STORAGE_THREADS": "8",
     }
 
@@ -95,3 +97,10 @@ async def make_swapper(base_env: dict[str, str], fake_runpod: FakeRunPod) -> Asy
     yield make
     for harness in made:
         await harness.close()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server of its own on a free loopback port, without persistence."""
+    with RedisServer(tmp_path, appendonly=False) as server:
+        yield server.url

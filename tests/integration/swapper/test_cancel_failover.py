@@ -10,14 +10,16 @@ import pytest
 
 from facegen.v1 import common_pb2
 from services.common.config import Env
+from services.stack.runpod_emulator import Fault, JobPlan
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.blocking import BlockingPool, CallScope
 from services.swapper.breaker import CircuitBreaker
 from services.swapper.endpoints import Endpoint
+from services.swapper.jobs import SwapInputs
 from services.swapper.ratelimit import EndpointRateLimiter
-from services.swapper.remote import RemoteSwapper, SwapInputs
+from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod, Fault, JobPlan
 from tests.integration.swapper.harness import BACKUP, PRIMARY, MakeSwapper, kinds, result_of, until
 
 pytestmark = pytest.mark.integration
@@ -210,9 +212,9 @@ async def test_rate_limit_is_shared_by_every_job_in_flight(fake_runpod: FakeRunP
     limiter = EndpointRateLimiter.for_runpod(safety=1.0, limits={"run": 3, "status": 6, "cancel": 2},
                                              window=window)
     endpoint = Endpoint(PRIMARY, breaker=CircuitBreaker(), limiter=limiter, wait_ms=0)
-    pool = BlockingPool("t-http", 16)
+    pool = BlockingPool("t-work", 4)
     client = RunPodClient(settings.runpod.api_base, fake_runpod.api_key)
-    remote = RemoteSwapper(settings.runpod, client, [endpoint], pool, pool)
+    remote = RemoteSwapper(settings.runpod, client, [endpoint], pool)
 
     async def one() -> None:
         async def emit(_event: object) -> None:
@@ -222,7 +224,7 @@ async def test_rate_limit_is_shared_by_every_job_in_flight(fake_runpod: FakeRunP
     try:
         await asyncio.gather(*(one() for _ in range(8)))
     finally:
-        client.close()
+        await client.aclose()
         pool.shutdown()
     for route, limit in (("run", 3), ("status", 6)):
         times = sorted(r.at for r in fake_runpod.requests if r.route == route)

@@ -15,9 +15,11 @@ import pytest
 from facegen.v1 import common_pb2, swapper_pb2, swapper_pb2_grpc
 from services.common.config import Env
 from services.common.health import wait_until_serving
+from services.stack.runpod_emulator import Fault
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.doctor import run_doctor
+from services.swapper.s3 import S3Bucket
 from services.swapper.settings import Settings
-from tests.fakes.runpod_fake import FakeRunPod, Fault
 from tests.integration.swapper.harness import API_KEY, PRIMARY, image_bytes
 
 pytestmark = pytest.mark.integration
@@ -120,3 +122,25 @@ async def test_doctor_command_exit_code(base_env: dict[str, str]) -> None:
         env=process_env(base_env), capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert b"doctor: all 3 checks passed" in result.stdout
+
+
+async def test_setup_command_prepares_the_bucket_and_exits(base_env: dict[str, str], bucket: str) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.swapper", "setup"],
+        env=process_env(base_env, S3_MANAGE_LIFECYCLE="false"), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"event=storage.setup_done" in result.stdout and b"lifecycle rules installed" in result.stdout
+    settings = Settings.from_env(Env(base_env))
+    s3 = S3Bucket(settings.storage, base_env["S3_ENDPOINT_URL"], base_env["S3_ACCESS_KEY_ID"],
+                  base_env["S3_SECRET_ACCESS_KEY"])
+    rules = s3.client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert {rule["ID"] for rule in rules} == {"facegen-tmp", "facegen-refs"}, \
+        "setup installs the rules even where the service itself leaves them alone"
+
+
+async def test_setup_command_fails_clearly_without_a_bucket(base_env: dict[str, str], bucket: str) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.swapper", "setup"],
+        env=process_env(base_env, S3_CREATE_BUCKET="false"), capture_output=True, timeout=60)
+    assert result.returncode == 1
+    assert f"bucket '{bucket}'".encode() in result.stdout and b"does not exist" in result.stdout

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from facegen.v1 import common_pb2
-from tests.fakes.runpod_fake import FakeRunPod, Fault, JobPlan, png_bytes
+from services.stack.runpod_emulator import Fault, JobPlan, png_bytes
+from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from tests.integration.swapper.harness import PRIMARY, MakeSwapper, result_of
 
 pytestmark = pytest.mark.integration

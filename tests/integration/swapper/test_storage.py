@@ -9,8 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.swapper.bucket import BucketSetup
 from services.swapper.embedded_s3 import EmbeddedS3
-from services.swapper.storage import StorageUnavailable
+from services.swapper.s3 import StorageUnavailable
 from tests.integration.swapper.harness import PRIMARY, MakeSwapper, image_bytes, result_of, until
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ async def test_lifecycle_keeps_other_rules_and_is_idempotent(make_swapper: MakeS
     current = storage.client.get_bucket_lifecycle_configuration(Bucket=storage.bucket)["Rules"]
     storage.client.put_bucket_lifecycle_configuration(Bucket=storage.bucket,
                                                       LifecycleConfiguration={"Rules": [*current, foreign]})
-    assert "already in place" in storage.ensure_ready()[-1]
+    assert "already in place" in BucketSetup(storage.s3).ensure_ready()[-1]
     assert rules(harness) == {"facegen-tmp": ("tmp/", 1), "facegen-refs": ("refs/", 7),
                               "facegen-results": ("results/", 30), "someone-else": ("logs/", 90)}
 

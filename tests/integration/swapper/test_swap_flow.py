@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from facegen.v1 import common_pb2
 from services.common.images import sniff_mime
-from tests.fakes.runpod_fake import JobPlan
+from services.stack.runpod_emulator import JobPlan
 from tests.integration.swapper.harness import API_KEY, PRIMARY, MakeSwapper, image_bytes, kinds, result_of
 
 pytestmark = pytest.mark.integration

@@ -1,27 +1,27 @@
-"""The Kubernetes manifests render, validate against the API schemas, and are wired consistently."""
+"""The Kubernetes manifests, rendered by the Kustomize inside kubectl, validate against the API
+schemas and are wired consistently: N gateways on one Redis, round_robin to every upstream pod,
+autoscaling, disruption budgets and drains that fit the services' own timings."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import shlex
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from services.generator.catalog import load_catalog
 from tests.unit.deploy.deploy_facts import DEPLOY, PORTS, REPO, known_env_vars
-from tests.unit.deploy.kustomize_render import (
-    KustomizeError,
+from tests.unit.deploy.manifests import (
     Obj,
-    build,
     containers,
     load_documents,
     pod_spec,
+    redis_directives,
+    render,
     split_image,
-    strategic_merge,
 )
 
 pytestmark = pytest.mark.unit
@@ -33,29 +33,26 @@ DEPLOYABLE = ("overlays/local", "overlays/gpu")
 # 1.27: the oldest release with GA gRPC probes; 1.37: the newest schemas bundled.
 K8S_VERSIONS = ("1.27", "1.37")
 PRESTOP_SLEEP_S = 5
-
-
-def _placeholder_secret(path: Path) -> str:
-    """Content for git-ignored secret files, which do not exist in a checkout."""
-    if path.parent.name != "secrets":
-        raise KustomizeError(f"{path} does not exist")
-    return "placeholder"
+# Scaled by a HorizontalPodAutoscaler; the generator scales with GPUs, by hand.
+AUTOSCALED = ("gateway", "swapper")
+REDIS_PORT = 6379
 
 
 @functools.cache
 def rendered(name: str) -> tuple[Obj, ...]:
-    return tuple(build(K8S / name, missing_file=_placeholder_secret))
+    return tuple(render(K8S, name))
 
 
 def find(objects: tuple[Obj, ...], kind: str, name: str) -> Obj:
-    matches = [obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
-    return matches[0]
+    """The one object of ``kind`` named ``name`` (generated ConfigMaps and Secrets by their hashed
+    name, which is how the pods refer to them)."""
+    found = [obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
 
 
-def container(objects: tuple[Obj, ...], deployment: str, name: str | None = None) -> Obj:
-    found = containers(find(objects, "Deployment", deployment))
-    return next(c for c in found if c["name"] == (name or deployment))
+def container(objects: tuple[Obj, ...], workload: str, name: str | None = None, kind: str = "Deployment") -> Obj:
+    return next(c for c in containers(find(objects, kind, workload)) if c["name"] == (name or workload))
 
 
 def env_of(objects: tuple[Obj, ...], item: Obj) -> dict[str, str]:
@@ -67,6 +64,44 @@ def env_of(objects: tuple[Obj, ...], item: Obj) -> dict[str, str]:
     for var in item.get("env", []):
         env[var["name"]] = var.get("value", "<from a reference>")
     return env
+
+
+def value_from(item: Obj, name: str) -> Obj:
+    """The ``valueFrom`` of a container's variable ``name``."""
+    ref: Obj = next(var for var in item.get("env", []) if var["name"] == name)["valueFrom"]
+    return ref
+
+
+def secret_value(objects: tuple[Obj, ...], name: str, key: str) -> str:
+    return base64.b64decode(find(objects, "Secret", name)["data"][key]).decode()
+
+
+def config_file(objects: tuple[Obj, ...], workload: Obj, path: str) -> str:
+    """The content of ``path`` inside ``workload``'s pods when a ConfigMap volume mounted there holds it."""
+    spec = pod_spec(workload)
+    assert spec is not None
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for item in containers(workload):
+        for mount in item.get("volumeMounts", []):
+            if Path(path).parent == Path(mount["mountPath"]) and "configMap" in volumes[mount["name"]]:
+                data: dict[str, str] = find(objects, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])["data"]
+                return data[Path(path).name]
+    raise AssertionError(f"no ConfigMap is mounted at {Path(path).parent}")
+
+
+def secret_file(workload: Obj, item: Obj, path: str) -> tuple[str, str]:
+    """(Secret name, key) behind the file ``path`` of a container."""
+    spec = pod_spec(workload)
+    assert spec is not None
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for mount in item.get("volumeMounts", []):
+        source = volumes.get(mount["name"], {}).get("secret")
+        if source is None or Path(path).parent != Path(mount["mountPath"]):
+            continue
+        items = {entry["path"]: entry["key"] for entry in source.get("items", [])}
+        filename = Path(path).name
+        return source["secretName"], items.get(filename, filename if not items else "<not projected>")
+    raise AssertionError(f"no Secret is mounted at {Path(path).parent}")
 
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -82,6 +117,10 @@ def pod_labels(obj: Obj) -> dict[str, str]:
 
 def workloads(objects: tuple[Obj, ...]) -> list[Obj]:
     return [obj for obj in objects if pod_spec(obj) is not None]
+
+
+def of_kind(objects: tuple[Obj, ...], kind: str) -> list[Obj]:
+    return [obj for obj in objects if obj["kind"] == kind]
 
 
 # --- rendering and schema validation -------------------------------------------------------------
@@ -123,6 +162,7 @@ def test_no_secret_values_are_committed_for_the_gpu_overlay() -> None:
     kustomization = load_documents(K8S / "overlays/gpu/kustomization.yaml")[0]
     ignored = (K8S / "overlays/gpu/secrets/.gitignore").read_text().split()
     assert "*" in ignored, "secrets/ must be git-ignored"
+    assert {generator["name"] for generator in kustomization["secretGenerator"]} >= {"redis"}
     for generator in kustomization["secretGenerator"]:
         assert "literals" not in generator, f"{generator['name']} inlines values"
         for entry in generator["files"]:
@@ -136,10 +176,11 @@ def _references(spec: Obj) -> list[tuple[str, str, str | None]]:
     """(kind, name, key) for every ConfigMap, Secret and PVC a pod spec needs (optional ones left out)."""
     refs: list[tuple[str, str, str | None]] = []
     for volume in spec.get("volumes", []):
-        if "secret" in volume and not volume["secret"].get("optional"):
-            refs.append(("Secret", volume["secret"]["secretName"], None))
-        if "configMap" in volume and not volume["configMap"].get("optional"):
-            refs.append(("ConfigMap", volume["configMap"]["name"], None))
+        for kind, field, name_field in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            source = volume.get(field)
+            if source and not source.get("optional"):
+                refs.append((kind, source[name_field], None))
+                refs += [(kind, source[name_field], entry["key"]) for entry in source.get("items", [])]
         if "persistentVolumeClaim" in volume:
             refs.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], None))
     for item in [*spec.get("initContainers", []), *spec["containers"]]:
@@ -168,7 +209,8 @@ def test_every_reference_resolves(name: str) -> None:
             if key is not None:
                 assert key in target["data"], f"{kind}/{ref_name} has no key {key}"
         volumes = {volume["name"] for volume in spec.get("volumes", [])}
-        for item in spec["containers"]:
+        volumes |= {claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])}
+        for item in containers(workload):
             for mount in item.get("volumeMounts", []):
                 assert mount["name"] in volumes, f"{workload['metadata']['name']}: {mount['name']}"
 
@@ -177,13 +219,13 @@ def test_every_reference_resolves(name: str) -> None:
 def test_services_and_policies_select_existing_pods(name: str) -> None:
     objects = rendered(name)
     pods = workloads(objects)
-    for service in (obj for obj in objects if obj["kind"] == "Service"):
+    for service in of_kind(objects, "Service"):
         selected = [pod for pod in pods if matches(service["spec"]["selector"], pod_labels(pod))]
         assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)} workloads"
         port_names = {port.get("name") for c in containers(selected[0]) for port in c.get("ports", [])}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names
-    for policy in (obj for obj in objects if obj["kind"] == "NetworkPolicy"):
+    for policy in of_kind(objects, "NetworkPolicy"):
         selectors = [policy["spec"]["podSelector"].get("matchLabels", {})]
         for rule in policy["spec"].get("ingress", []):
             selectors += [peer["podSelector"]["matchLabels"] for peer in rule.get("from", [])]
@@ -195,10 +237,10 @@ def test_services_and_policies_select_existing_pods(name: str) -> None:
 @pytest.mark.parametrize("name", DEPLOYABLE)
 def test_only_the_gateway_is_reachable_from_outside(name: str) -> None:
     objects = rendered(name)
-    exposed = {obj["metadata"]["name"] for obj in objects
-               if obj["kind"] == "Service" and obj["spec"].get("type", "ClusterIP") != "ClusterIP"}
+    exposed = {obj["metadata"]["name"] for obj in of_kind(objects, "Service")
+               if obj["spec"].get("type", "ClusterIP") != "ClusterIP"}
     assert exposed == {"gateway"}
-    policies = [obj for obj in objects if obj["kind"] == "NetworkPolicy"]
+    policies = of_kind(objects, "NetworkPolicy")
     deny_all = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
     assert deny_all, "no default-deny ingress policy"
     open_to_all = [p["metadata"]["name"] for p in policies
@@ -241,10 +283,14 @@ def test_grpc_services_listen_probe_and_drain_consistently(name: str, service: s
     assert [p["containerPort"] for p in item["ports"]] == [port]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert item[probe]["grpc"]["port"] == port, probe
+    # SIGTERM comes after the preStop sleep; the gateway then drains its jobs for
+    # GATEWAY_DRAIN_SECONDS before its server's own grace period starts.
     grace = float(env.get(f"{service.upper()}_GRACE_SECONDS", "10"))
+    drain = float(env["GATEWAY_DRAIN_SECONDS"]) if service == "gateway" else 0.0
     pre_stop = item["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and float(pre_stop[1]) == PRESTOP_SLEEP_S
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace + PRESTOP_SLEEP_S
+    termination = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert termination > PRESTOP_SLEEP_S + drain + grace, f"{termination} s is not enough to drain"
     startup = item["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     # The generator loads and warms a model before it is SERVING: minutes on a real checkpoint.
@@ -262,25 +308,137 @@ def test_every_variable_set_is_one_the_service_reads(name: str, service: str) ->
     assert not unknown, f"{service} does not read {sorted(unknown)}"
 
 
+# --- many replicas, one system -------------------------------------------------------------------
+
 @pytest.mark.parametrize("name", DEPLOYABLE)
-def test_the_gateway_finds_its_upstreams(name: str) -> None:
+def test_the_gateway_balances_calls_over_every_upstream_pod(name: str) -> None:
     objects = rendered(name)
     env = env_of(objects, container(objects, "gateway"))
     for variable, service in (("GENERATOR_ADDRESS", "generator"), ("SWAPPER_ADDRESS", "swapper")):
-        assert env[variable] == f"{service}:{PORTS[service]}"
-        find(objects, "Service", service)
+        # dns:/// makes gRPC resolve every address behind the name (and balance round_robin);
+        # a headless Service makes DNS answer with each ready pod instead of one virtual IP.
+        assert env[variable] == f"dns:///{service}:{PORTS[service]}"
+        assert find(objects, "Service", service)["spec"].get("clusterIP") == "None", f"{service} is not headless"
 
 
 @pytest.mark.parametrize("name", DEPLOYABLE)
-def test_the_gateway_disruption_budget_allows_a_drain(name: str) -> None:
+def test_any_gateway_serves_any_client(name: str) -> None:
+    service = find(rendered(name), "Service", "gateway")["spec"]
+    assert service.get("sessionAffinity", "None") == "None"
+    assert "sessionAffinityConfig" not in service
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_the_gateways_and_swappers_share_one_redis(name: str) -> None:
     objects = rendered(name)
-    budget = find(objects, "PodDisruptionBudget", "gateway")
-    gateway = find(objects, "Deployment", "gateway")
-    assert matches(budget["spec"]["selector"]["matchLabels"], pod_labels(gateway))
-    assert 0 < budget["spec"]["minAvailable"] < gateway["spec"]["replicas"]
+    gateway = container(objects, "gateway")
+    assert env_of(objects, gateway)["GATEWAY_STORE"] == "redis"
+    assert value_from(gateway, "GATEWAY_INSTANCE")["fieldRef"]["fieldPath"] == "metadata.name"
+    secrets = set()
+    for service in ("gateway", "swapper"):
+        item = container(objects, service)
+        url = value_from(item, "REDIS_URL")["secretKeyRef"]
+        assert url["key"] == "url" and not url.get("optional"), service
+        password_path = env_of(objects, item)["REDIS_PASSWORD_FILE"]
+        assert secret_file(find(objects, "Deployment", service), item, password_path) == (url["name"], "password")
+        secrets.add(url["name"])
+    assert len(secrets) == 1, f"gateway and swapper read different Redis Secrets: {secrets}"
+    secret = find(objects, "Secret", secrets.pop())
+    assert set(secret["data"]) == {"url", "password"}
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_every_workload_has_a_disruption_budget_that_keeps_one_up_and_never_blocks_a_drain(name: str) -> None:
+    objects = rendered(name)
+    budgets = of_kind(objects, "PodDisruptionBudget")
+    for workload in workloads(objects):
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        selecting = [b for b in budgets if matches(b["spec"]["selector"]["matchLabels"], pod_labels(workload))]
+        assert len(selecting) == 1, f"{where} has {len(selecting)} disruption budgets"
+        spec = selecting[0]["spec"]
+        # minAvailable equal to the replica count would block every node drain.
+        assert spec.get("maxUnavailable") == 1 and "minAvailable" not in spec, where
+    for service in AUTOSCALED:
+        fewest = find(objects, "HorizontalPodAutoscaler", service)["spec"]["minReplicas"]
+        assert fewest > 1, f"{service}: with {fewest} replica an eviction leaves none"
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_gateway_and_swapper_scale_with_cpu_and_shrink_slowly(name: str) -> None:
+    objects = rendered(name)
+    autoscalers = of_kind(objects, "HorizontalPodAutoscaler")
+    assert sorted(hpa["metadata"]["name"] for hpa in autoscalers) == sorted(AUTOSCALED)
+    for service in AUTOSCALED:
+        spec = find(objects, "HorizontalPodAutoscaler", service)["spec"]
+        target = spec["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", service)
+        # The autoscaler owns the count: a fixed spec.replicas would reset it on every apply.
+        assert "replicas" not in find(objects, "Deployment", service)["spec"], service
+        assert 1 <= spec["minReplicas"] < spec["maxReplicas"], service
+        assert [m["resource"]["name"] for m in spec["metrics"]] == ["cpu"]
+        assert all("cpu" in item["resources"]["requests"] for item in containers(find(objects, "Deployment",
+                                                                                    service)))
+        # Every replica removed drains first: remove them one at a time.
+        assert spec["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    assert find(objects, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] >= 2
 
 
 # --- overlays ------------------------------------------------------------------------------------
+
+def test_local_overlay_runs_redis_with_an_append_only_file_on_a_volume() -> None:
+    objects = rendered("overlays/local")
+    redis = find(objects, "StatefulSet", "redis")
+    item = container(objects, "redis", kind="StatefulSet")
+    service = find(objects, "Service", redis["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(REDIS_PORT, "redis")]
+    assert [p["containerPort"] for p in item["ports"] if p["name"] == "redis"] == [REDIS_PORT]
+
+    # The clients' URL names this Service and port, and the server checks the password they send.
+    gateway = container(objects, "gateway")
+    secret_name = value_from(gateway, "REDIS_URL")["secretKeyRef"]["name"]
+    assert secret_value(objects, secret_name, "url") == f"redis://{service['metadata']['name']}:{REDIS_PORT}/0"
+    script = item["args"][0]
+    assert item["command"] == ["sh", "-c"]
+    password_path = script.split("$(cat ", 1)[1].split(")", 1)[0]
+    assert secret_file(redis, item, password_path) == (secret_name, "password")
+    assert secret_value(objects, secret_name, "password")
+
+    # redis.conf: an AOF fsynced every second, in the volume claimed per pod; nothing evicted.
+    config_path = shlex.split(script.rsplit("exec ", 1)[1])[1]
+    directives = redis_directives(config_file(objects, redis, config_path))
+    assert directives["appendonly"] == "yes"
+    assert directives["appendfsync"] == "everysec"
+    assert directives["maxmemory-policy"] == "noeviction"
+    assert int(directives.get("port", REDIS_PORT)) == REDIS_PORT
+    data = next(mount for mount in item["volumeMounts"] if mount["mountPath"] == directives["dir"])
+    claim = next(c for c in redis["spec"]["volumeClaimTemplates"] if c["metadata"]["name"] == data["name"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    # The password include is written by the container's command, on its memory-backed /tmp.
+    assert f"> {directives['include']}" in script
+    tmp = next(v for v in redis["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp")
+    assert tmp["emptyDir"]["medium"] == "Memory"
+
+    # Ready only once it answers PONG (not while it replays the AOF); alive as long as it listens.
+    assert "ping" in item["readinessProbe"]["exec"]["command"][-1]
+    assert item["livenessProbe"]["tcpSocket"]["port"] == "redis"
+    assert item["startupProbe"]["tcpSocket"]["port"] == "redis"
+
+    policy = find(objects, "NetworkPolicy", "redis-ingress")
+    peers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+             for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+    assert peers == {"gateway", "swapper"}
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels(redis))
+
+
+def test_gpu_overlay_uses_a_managed_redis_named_by_a_secret() -> None:
+    objects = rendered("overlays/gpu")
+    assert not of_kind(objects, "StatefulSet"), "the gpu overlay runs no Redis of its own"
+    kustomization = load_documents(K8S / "overlays/gpu/kustomization.yaml")[0]
+    redis = next(g for g in kustomization["secretGenerator"] if g["name"] == "redis")
+    assert sorted(entry.partition("=")[0] for entry in redis["files"]) == ["password", "url"]
+
 
 def test_gpu_overlay_runs_the_generator_on_a_gpu_with_weights_from_a_volume() -> None:
     objects = rendered("overlays/gpu")
@@ -334,46 +492,9 @@ def test_local_overlay_wires_the_swapper_to_the_in_cluster_stand_ins() -> None:
     args = worker["args"]
     assert args[args.index("--endpoint-id") + 1] == env["FACE_SWAP_ENDPOINT"]
     assert "--api-key" not in args, "the key belongs in the environment, not the command line"
-    endpoint_main = (REPO / "services/faceswap_worker/endpoint/__main__.py").read_text()
+    endpoint_main = (REPO / "services/stack/runpod_emulator/__main__.py").read_text()
     assert 'os.environ.get("RUNPOD_API_KEY"' in endpoint_main, "the endpoint no longer reads RUNPOD_API_KEY"
-    key_ref = next(v for v in worker["env"] if v["name"] == "RUNPOD_API_KEY")["valueFrom"]["secretKeyRef"]
+    key_ref = value_from(worker, "RUNPOD_API_KEY")["secretKeyRef"]
     swapper_spec = find(objects, "Deployment", "swapper")["spec"]["template"]["spec"]
     runpod_volume = next(v for v in swapper_spec["volumes"] if v["name"] == "runpod-credentials")
     assert key_ref["name"] == runpod_volume["secret"]["secretName"]
-
-
-# --- the renderer itself -------------------------------------------------------------------------
-
-def test_strategic_merge_merges_keyed_lists_and_replaces_the_others() -> None:
-    base: dict[str, Any] = {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"}],
-                                            "args": ["--one"]}],
-                            "tolerations": [{"key": "old"}], "drop": 1}
-    patch: dict[str, Any] = {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}],
-                                             "args": ["--two"]},
-                                            {"name": "b"}],
-                             "tolerations": [{"key": "new"}], "drop": None}
-    merged = strategic_merge(base, patch)
-    assert merged["containers"][0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
-    assert merged["containers"][0]["args"] == ["--two"]
-    assert [c["name"] for c in merged["containers"]] == ["a", "b"]
-    assert merged["tolerations"] == [{"key": "new"}]
-    assert "drop" not in merged
-    assert base["containers"][0]["args"] == ["--one"], "the input was modified"
-
-
-def test_strategic_merge_merges_service_ports_on_port() -> None:
-    base = {"ports": [{"name": "grpc", "port": 50051, "targetPort": "grpc"}]}
-    merged = strategic_merge(base, {"ports": [{"port": 50051, "nodePort": 30051}]})
-    assert merged["ports"] == [{"name": "grpc", "port": 50051, "targetPort": "grpc", "nodePort": 30051}]
-
-
-def test_split_image_keeps_a_registry_port_out_of_the_tag() -> None:
-    assert split_image("registry:5000/facegen/gateway") == ("registry:5000/facegen/gateway", None, None)
-    assert split_image("registry:5000/gateway:1.0@sha256:ab") == ("registry:5000/gateway", "1.0", "sha256:ab")
-
-
-def test_the_renderer_rejects_fields_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
-        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "labels": []}))
-    with pytest.raises(KustomizeError, match="labels"):
-        build(tmp_path)

@@ -62,7 +62,7 @@ def test_random_seed_differs_per_request_and_minus_one_means_random(catalog: Cat
     ({"width": -8}, "width=-8 is not allowed"),
     ({"steps": 51}, "steps=51 is out of range: tiny-sd allows 1 to 50"),
     ({"steps": -1}, "steps=-1 is out of range"),
-    ({"guidance_scale": 20.5}, "guidance_scale=20.5 is out of range: tiny-sd allows 0 to 20.0"),
+    ({"guidance_scale": 20.5}, "guidance_scale=20.5 is out of range: tiny-sd allows 0 to 20"),
     ({"guidance_scale": float("nan")}, "guidance_scale=nan is out of range"),
     ({"num_images": 5}, "num_images=5 is out of range: 1 to 4"),
     ({"num_images": -1}, "num_images=-1 is out of range"),

@@ -12,8 +12,9 @@ from services.swapper.fallback import (
     RATE_LIMITED,
     TIMED_OUT,
 )
-from services.swapper.remote import SwapInputs, _combine, build_payload
+from services.swapper.jobs import SwapInputs
 from services.swapper.settings import Settings
+from services.swapper.submit import build_payload, combine
 
 pytestmark = pytest.mark.unit
 
@@ -48,12 +49,12 @@ def test_execution_timeout_ends_before_our_deadline(remaining: float) -> None:
 
 
 def test_combined_failures() -> None:
-    rejected = _combine([(KEY_REJECTED, "a: 401"), (KEY_REJECTED, "b: 403")])
+    rejected = combine([(KEY_REJECTED, "a: 401"), (KEY_REJECTED, "b: 403")])
     assert rejected.reason == KEY_REJECTED
     assert "the RunPod API key was rejected" in rejected.message
-    mixed = _combine([(KEY_REJECTED, "a: 401"), (ENDPOINT_UNAVAILABLE, "b: refused")])
+    mixed = combine([(KEY_REJECTED, "a: 401"), (ENDPOINT_UNAVAILABLE, "b: refused")])
     assert mixed.reason == ENDPOINT_UNAVAILABLE and "a: 401" in mixed.message and "b: refused" in mixed.message
-    assert _combine([(RATE_LIMITED, "a"), (RATE_LIMITED, "b")]).reason == RATE_LIMITED
-    assert _combine([(RATE_LIMITED, "a"), (TIMED_OUT, "b")]).reason == TIMED_OUT
-    assert _combine([]).reason == ENDPOINT_UNAVAILABLE
+    assert combine([(RATE_LIMITED, "a"), (RATE_LIMITED, "b")]).reason == RATE_LIMITED
+    assert combine([(RATE_LIMITED, "a"), (TIMED_OUT, "b")]).reason == TIMED_OUT
+    assert combine([]).reason == ENDPOINT_UNAVAILABLE
     assert reason_name(TIMED_OUT) == "timed_out"

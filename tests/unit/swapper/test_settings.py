@@ -86,3 +86,13 @@ def test_bad_configuration_names_the_variable(env: dict[str, str], needle: str) 
     with pytest.raises(ConfigError) as caught:
         load(**env)
     assert needle in str(caught.value)
+
+
+def test_redis_is_optional_and_checked() -> None:
+    assert load().redis is None
+    settings = load(REDIS_URL="redis://:pw@cache:6379/2", SWAPPER_RECORD_GRACE_SECONDS="90")
+    assert settings.redis is not None and settings.redis.url == "redis://:pw@cache:6379/2"
+    assert settings.record_grace_s == 90
+    assert "pw" not in repr(settings)
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load(REDIS_URL="http://cache:6379")

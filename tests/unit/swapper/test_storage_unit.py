@@ -15,17 +15,13 @@ from PIL import Image, PngImagePlugin
 from services.common.config import Env
 from services.common.images import ImageLimits
 from services.swapper.blocking import BlockingPool
+from services.swapper.bucket import BucketSetup
+from services.swapper.deleter import BatchDeleter
+from services.swapper.inputs import check_image
+from services.swapper.keys import is_reference_key, is_temp_key_of, reference_key, result_key, temp_key
+from services.swapper.s3 import S3Bucket
 from services.swapper.settings import Settings
-from services.swapper.storage import (
-    BatchDeleter,
-    ObjectInfo,
-    ObjectStore,
-    Storage,
-    reference_key,
-    result_key,
-    temp_key,
-)
-from services.swapper.swap import check_image
+from services.swapper.storage import ObjectInfo, ObjectStore, Storage
 from tests.unit.gateway import sample_images as images
 from tests.waiting import until
 
@@ -36,7 +32,7 @@ def storage(**env: str) -> Storage:
     settings = Settings.from_env(Env({"S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
                                       "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0123", "S3_SECRET_ACCESS_KEY": "s",
                                       "S3_BUCKET": "faces", **env}))
-    return Storage(settings.storage, "https://acct.r2.cloudflarestorage.com", "AKIAEXAMPLEKEYID0123", "s")
+    return Storage(S3Bucket(settings.storage, "https://acct.r2.cloudflarestorage.com", "AKIAEXAMPLEKEYID0123", "s"))
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -54,8 +50,19 @@ def test_keys() -> None:
     assert result_key("job-1", 1, False, "image/jpeg") == "results/job-1/1-original.jpg"
 
 
+def test_key_checks() -> None:
+    assert is_reference_key(reference_key(b"x", "image/png"))
+    assert not is_reference_key("refs/../x.png") and not is_reference_key("tmp/j/0-00000000-target.png")
+    key = temp_key("job-1", 3, "image/png")
+    assert is_temp_key_of(key, "job-1", 3)
+    assert not is_temp_key_of(key, "job-1", 2), "another image of the job"
+    assert not is_temp_key_of(key, "job-2", 3), "another job"
+    assert not is_temp_key_of(key.replace("tmp/", "results/"), "job-1", 3)
+    assert not is_temp_key_of(key + "/x", "job-1", 3)
+
+
 def test_missing_bucket_message() -> None:
-    message = storage().describe(client_error("404", 404), "check the bucket")
+    message = storage().s3.describe(client_error("404", 404), "check the bucket")
     assert "bucket 'faces' at https://acct.r2.cloudflarestorage.com does not exist" in message
     assert "S3_CREATE_BUCKET" in message
 
@@ -63,20 +70,21 @@ def test_missing_bucket_message() -> None:
 @pytest.mark.parametrize(("code", "status"), [("InvalidAccessKeyId", 403), ("SignatureDoesNotMatch", 403),
                                               ("AccessDenied", 403), ("403", 403), ("Unauthorized", 401)])
 def test_rejected_credentials_message_masks_the_key(code: str, status: int) -> None:
-    message = storage().describe(client_error(code, status), "check the bucket")
+    message = storage().s3.describe(client_error(code, status), "check the bucket")
     assert "credentials" in message and "rejected" in message
     assert "AKIAEXAMPLEKEYID0123" not in message
     assert "AKIAEX…" in message
 
 
 def test_unreachable_and_missing_credentials_messages() -> None:
-    unreachable = storage().describe(EndpointConnectionError(endpoint_url="https://x"), "store an image")
+    unreachable = storage().s3.describe(EndpointConnectionError(endpoint_url="https://x"), "store an image")
     assert unreachable.startswith("cannot store an image:") and "cannot be reached" in unreachable
-    assert "no storage credentials" in storage().describe(NoCredentialsError(), "check the bucket")
+    assert "no storage credentials" in storage().s3.describe(NoCredentialsError(), "check the bucket")
 
 
 def test_wanted_rules_follow_the_settings() -> None:
-    rules = storage(S3_TEMP_EXPIRY_DAYS="2", S3_REFERENCE_EXPIRY_DAYS="9", S3_RESULT_EXPIRY_DAYS="0").wanted_rules()
+    bucket = storage(S3_TEMP_EXPIRY_DAYS="2", S3_REFERENCE_EXPIRY_DAYS="9", S3_RESULT_EXPIRY_DAYS="0").s3
+    rules = BucketSetup(bucket).wanted_rules()
     assert [(r["ID"], r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules] == [
         ("facegen-tmp", "tmp/", 2), ("facegen-refs", "refs/", 9)]
 
