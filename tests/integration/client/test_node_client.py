@@ -10,28 +10,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import signal
 
 import pytest
 
 from tests.fakes.grpc_upstreams import FakeUpstreams, png_bytes
-from tests.gateway_process import ROOT
 from tests.integration.client.conftest import StartGateways
+from tests.integration.client.node import NODE_DIR, node_ready
 
 pytestmark = pytest.mark.integration
 
-NODE_DIR = ROOT / "clients" / "node"
 # One job per Node test that runs one (the refused request makes none).
 JOBS_RUN_BY_THE_NODE_TESTS = 5
-
-
-def node_ready() -> str:
-    """The node binary, once `make node-client` has installed and built the client."""
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "dist" / "index.js").exists():
-        pytest.fail("the Node client is not built: run `make node-client` (npm ci in clients/node)")
-    return node
 
 
 async def run_node_tests(test_path: str, env: dict[str, str], within_s: float = 120) -> str:
