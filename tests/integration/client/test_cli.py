@@ -44,11 +44,12 @@ async def test_ctrl_c_during_run_cancels_the_job_everywhere(
     cli = await start_cli(gateway.address, face)
     await upstreams.generator.wait_for(lambda g: g.active == 1, within=30)
     cli.send_signal(signal.SIGINT)
-    _stdout, stderr = await asyncio.wait_for(cli.communicate(), 30)
-    assert cli.returncode == EXIT_CANCELLED, stderr.decode()
-    assert "cancelled" in stderr.decode()
+    stdout, stderr = await asyncio.wait_for(cli.communicate(), 30)
+    said = f"exit {cli.returncode}\nstdout: {stdout.decode()}\nstderr: {stderr.decode()}"
+    assert cli.returncode == EXIT_CANCELLED, said
+    assert "cancelled" in stderr.decode(), said
     (job_id,) = {request.job_id for request in upstreams.generator.requests}
-    await upstreams.generator.wait_for(lambda g: job_id in g.cancelled)
+    await upstreams.generator.wait_for(lambda g: job_id in g.cancelled, within=10)
     job = await gateway.stub.Get(gateway_pb2.GetRequest(job_id=job_id))
     assert job.state == gateway_pb2.JOB_STATE_CANCELLED
 
