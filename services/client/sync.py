@@ -123,7 +123,9 @@ class JobStream(StreamView, Iterator[gateway_pb2.JobEvent]):
                  request: gateway_pb2.JobRequest | None = None) -> None:
         self._client = client
         self._follower = follower
-        # Set for ``run``: submit first, and the stream owns the job (cancels it when left early).
+        # A run submits first, and owns its job (cancels it when left early). The request, with its
+        # photos, is let go once the submit has answered.
+        self._owns_job = request is not None
         self._request = request
         self._events = self._follow()
 
@@ -161,6 +163,7 @@ class JobStream(StreamView, Iterator[gateway_pb2.JobEvent]):
         try:
             if self._request is not None:
                 follower.submitted(client._unary(client.stub.Submit, self._request, follower.retrier).job_id)
+                self._request = None
             while not follower.finished:
                 call = client.stub.Watch(follower.watch_request(), metadata=client.metadata,
                                          timeout=follower.retrier.remaining())
@@ -177,7 +180,7 @@ class JobStream(StreamView, Iterator[gateway_pb2.JobEvent]):
                     call.cancel()
                 time.sleep(follower.reattach_delay(broken))
         except BaseException as stopped:
-            if self._request is not None and follower.may_have_live_job(stopped):
+            if self._owns_job and follower.may_have_live_job(stopped):
                 self._abandon()
             raise
 

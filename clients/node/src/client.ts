@@ -190,14 +190,18 @@ export class JobRun implements AsyncIterable<JobEvent> {
   /** For a run: whether its submit made the job (false: the key found a job made before). */
   created: boolean | undefined;
   private started = false;
+  /** A run submits first, and owns its job (cancels it when left early). */
+  private readonly ownsJob: boolean;
 
   constructor(
     private readonly client: FacegenClient,
     private readonly follower: JobFollower,
     private readonly options: StreamOptions,
-    /** Set for a run: submit first, and the run owns the job (cancels it when left early). */
-    private readonly request?: JobRequest,
-  ) {}
+    /** The run's request, with its photos: let go once the submit has answered. */
+    private request?: JobRequest,
+  ) {
+    this.ownsJob = request !== undefined;
+  }
 
   /** The job's id, once known (a run knows it when its submit has answered). */
   get jobId(): string | undefined {
@@ -253,14 +257,16 @@ export class JobRun implements AsyncIterable<JobEvent> {
   }
 
   private async *follow(): AsyncGenerator<JobEvent, void, undefined> {
-    const { follower, client, request } = this;
+    const { follower, client } = this;
     const signal = this.options.signal;
     let stopped: unknown;
     try {
+      const request = this.request;
       if (request !== undefined) {
         const reply = await client.unary((call) => client.stub.submit(request, call), follower.retrier, signal);
         this.created = reply.created;
         follower.submitted(reply.jobId);
+        this.request = undefined;
       }
       while (!follower.finished) {
         let broken: unknown;
@@ -289,18 +295,19 @@ export class JobRun implements AsyncIterable<JobEvent> {
       stopped = error;
       throw error;
     } finally {
-      if (request !== undefined && follower.mayHaveLiveJob(stopped)) {
-        await this.abandon(request);
+      if (this.ownsJob && follower.mayHaveLiveJob(stopped)) {
+        await this.abandon();
       }
     }
   }
 
   /** Cancels the job this run owns, once, without throwing: the caller is already leaving. */
-  private async abandon(request: JobRequest): Promise<void> {
+  private async abandon(): Promise<void> {
     const { stub } = this.client;
     try {
       // Left while the submit was in flight: the key finds the job if it was made.
-      const jobId = this.follower.jobId ?? (await stub.submit(request, { timeoutMs: CANCEL_TIMEOUT_MS })).jobId;
+      const jobId = this.follower.jobId ??
+        (await stub.submit(this.request as JobRequest, { timeoutMs: CANCEL_TIMEOUT_MS })).jobId;
       await stub.cancel({ jobId }, { timeoutMs: CANCEL_TIMEOUT_MS });
     } catch {
       // Nothing more to do: the gateway is unreachable or the job is gone.
