@@ -66,15 +66,16 @@ def test_a_job_submitted_from_node_is_watched_from_python_and_cancelled_from_the
             node.kill()
     assert node.returncode == 0, node_err
     assert cancel is not None and cancel.returncode == 0, cancel and cancel.stderr
-    assert cancel.stdout.strip() == "JOB_STATE_CANCELLED"
+    # Cancel answers the state once the job ended, or after 5 s still RUNNING (a loaded machine).
+    assert cancel.stdout.strip() in ("JOB_STATE_CANCELLED", "JOB_STATE_RUNNING"), cancel.stdout
     from_node = [(int(line["seq"]), line["stage"], line["message"])
                  for line in map(json.loads, node_out.splitlines())]
     replay = subprocess.run([*cli(stack), "--json", "watch", job_id, "--no-download"], capture_output=True,
                             text=True, timeout=60)
-    assert replay.returncode == EXIT_CANCELLED, replay.stderr
+    assert replay.returncode == EXIT_CANCELLED, replay.stdout + replay.stderr
     from_cli = [(int(event["seq"]), event["stage"], event.get("message", ""))
                 for event in map(json.loads, replay.stdout.splitlines())]
-    assert from_node == from_python == from_cli
+    assert from_node == from_python == from_cli, f"node {from_node}\npython {from_python}\ncli {from_cli}"
     assert [seq for seq, _, _ in from_python] == list(range(1, len(from_python) + 1))
     assert from_python[-1][1] == "STAGE_TERMINAL"
     assert any(stage == "STAGE_SWAPPING" for _, stage, _ in from_python), "it was cancelled while swapping"
