@@ -18,6 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,8 +49,8 @@ class RedisSettings:
     def from_env(cls, env: Env | None = None) -> RedisSettings | None:
         """Reads REDIS_URL, REDIS_PASSWORD(_FILE) and REDIS_CA_FILE; None when REDIS_URL is unset."""
         env = env or Env()
-        url = env.optional("REDIS_URL")
-        if url is None:
+        url = (env.optional("REDIS_URL") or "").strip()
+        if not url:
             return None
         scheme = urlsplit(url).scheme
         if scheme not in _SCHEMES:
@@ -82,3 +90,13 @@ def connect(settings: RedisSettings, client_name: str) -> aioredis.Redis:
 
 # What a lost or refused connection raises; callers turn it into UNAVAILABLE.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Error replies of a server that cannot take writes for now (full, a replica, failing over, busy):
+# redis-py raises its own classes for some, and a plain ResponseError with the code for others.
+_OUTAGE_CLASSES = (OutOfMemoryError, ReadOnlyError, MasterDownError, ClusterDownError, TryAgainError)
+_OUTAGE_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "BUSY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MISCONF")
+
+
+def is_outage(error: BaseException) -> bool:
+    """True for an error reply that means "not now" (retry later) rather than "wrong request"."""
+    return isinstance(error, _OUTAGE_CLASSES) or (
+        isinstance(error, ResponseError) and str(error).startswith(_OUTAGE_REPLIES))

@@ -26,6 +26,7 @@ from services.common.reflection import enable_reflection
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+MAX_CONNECTION_AGE_MS = 300_000
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -52,6 +53,9 @@ class ServiceServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # Clients reconnect (and re-resolve DNS) every few minutes, so replicas added by a
+                # scale-out get calls too; streams already open go on until they end.
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ],
         )
         register(self.server)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
 from services.common import logs
-from services.common.errors import FacegenError, is_internal, new_incident_id, status_for
+from services.common.errors import FacegenError, Unavailable, is_internal, new_incident_id, status_for
 from services.common.names import stage_name
 from services.gateway.messages import image_result, result_message
 from services.gateway.progress import Progress, StageClock
@@ -42,6 +42,8 @@ QUEUED, GENERATING, STORING, SWAPPING, FINALIZING, TERMINAL = (
     gateway_pb2.STAGE_SWAPPING, gateway_pb2.STAGE_FINALIZING, gateway_pb2.STAGE_TERMINAL)
 # How long the clean-up of a job's left-over remote swaps may take.
 CANCEL_SWAPS_SECONDS = 10.0
+# Calls a resumable swap may take when its swapper is lost (each goes on where the last stopped).
+SWAP_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,7 @@ class JobRun:
             del image
             point = self._image(index)
             try:
-                result = await self._follow_swap(request)
+                result = await self._swap_resuming(request)
                 point.result = image_result(index, seed, result)
                 self._progress.swap_event(index, "result")
                 await self._emit(SWAPPING, result_message(index, result), image_index=index,
@@ -308,6 +310,24 @@ class JobRun:
                                  checkpoint=index)
             finally:
                 self._clock.stop(SWAPPING)
+
+    async def _swap_resuming(self, request: swapper_pb2.SwapRequest) -> swapper_pb2.SwapResult:
+        """The swap's result; a resumable swap whose swapper was lost is followed again on another one.
+
+        Its image is stored and its RunPod job recorded, so the next swapper
+        replica goes on from there: nothing is stored or submitted twice.
+        """
+        point = self._image(request.image_index)
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            try:
+                return await self._follow_swap(request)
+            except Unavailable as exc:
+                if not (request.resumable and point.stored_key) or attempt == SWAP_ATTEMPTS:
+                    raise
+                logs.event(log, "job.swap_resumed", logging.WARNING, image=request.image_index, attempt=attempt,
+                           error=exc)
+                request.target_image, request.target_key = b"", point.stored_key
+        raise AssertionError("unreachable")
 
     async def _follow_swap(self, request: swapper_pb2.SwapRequest) -> swapper_pb2.SwapResult:
         index = request.image_index

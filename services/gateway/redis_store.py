@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from facegen.v1 import gateway_pb2
 from services.common import logs
 from services.common.errors import NotFound, ResourceExhausted
-from services.common.redis import REDIS_DOWN, RedisSettings, connect
+from services.common.redis import REDIS_DOWN, RedisSettings, connect, is_outage
 from services.gateway.admission import AdmissionLimits
 from services.gateway.redis_codec import (
     SNAPSHOT_FIELDS,
@@ -77,6 +77,10 @@ class _Outbox:
         self.limit = limit
         self.changed = asyncio.Event()
         self.lost = False
+        # A write is in flight (only one at a time, to keep the order).
+        self.writing = False
+        # The last write failed: Redis is unreachable, the flusher retries.
+        self.failing = False
         self.flusher: asyncio.Task[None] | None = None
 
     @property
@@ -316,7 +320,11 @@ class RedisJobStore(JobStore):
         lease.last_seq += 1
         event.seq = lease.last_seq
         box.items.append(self._append_call(lease, event, state, checkpoints or {}))
-        box.notify()
+        if box.writing or box.failing:
+            # The write in flight, or the flusher, takes it next.
+            box.notify()
+            return
+        await self._write(lease, box)
 
     def _append_call(self, lease: Lease, event: gateway_pb2.JobEvent, state: gateway_pb2.JobState,
                      checkpoints: dict[int, ImageCheckpoint]) -> tuple[list[Any], list[Any]]:
@@ -340,36 +348,61 @@ class RedisJobStore(JobStore):
                  event.stage, event.percent, 1 if terminal else 0, self._ttl, self._max_events,
                  keys.live(lease.job_id), *(item for pair in pairs.items() for item in pair)])
 
+    async def _write(self, lease: Lease, box: _Outbox) -> None:
+        """Writes what waits in the outbox, in order, then hands each event to this gateway's watchers.
+
+        Appends call it at once (no task in between); when Redis is unreachable
+        it leaves the events to the flusher, which retries.
+        """
+        box.writing = True
+        try:
+            while box.items and not box.lost:
+                batch = [(self._scripts.append, *box.items[index])
+                         for index in range(min(FLUSH_BATCH, len(box.items)))]
+                try:
+                    answers = await self._run_scripts(batch)
+                    outage = next((answer for answer in answers if is_outage(answer)), None)
+                    if outage is not None:
+                        raise StoreUnavailable(f"Redis refused the write: {outage}")
+                except (*REDIS_DOWN, StoreUnavailable) as exc:
+                    if not box.failing:
+                        logs.event(log, "store.write_delayed", logging.WARNING, job=lease.job_id,
+                                   pending=len(box.items), error=exc)
+                    box.failing = True
+                    return
+                if box.failing:
+                    logs.event(log, "store.write_resumed", job=lease.job_id)
+                    box.failing = False
+                await self._settle(lease, box, answers)
+        finally:
+            box.writing = False
+            box.notify()
+
+    async def _settle(self, lease: Lease, box: _Outbox, answers: list[Any]) -> None:
+        for answer in answers:
+            # The scripts' own refusals: another gateway holds the job now (or it is gone).
+            if isinstance(answer, ResponseError):
+                logs.event(log, "store.lease_lost", logging.WARNING, job=lease.job_id, error=answer)
+                box.lost = True
+                box.items.clear()
+                await self._live.run_elsewhere(self._keys.live(lease.job_id))
+                return
+            _keys, args = box.items.popleft()
+            self._live.deliver(args[LIVE_CHANNEL], args[LIVE_EVENT] or args[STORED_EVENT])
+
     async def _flush(self, lease: Lease, box: _Outbox) -> None:
-        """Writes the outbox in order for as long as the lease is held, retrying while Redis is unreachable."""
+        """Retries the outbox while Redis is unreachable, and writes what an interrupted write left."""
         failures = 0
         while not box.lost:
-            if not box.items:
+            if box.writing or not box.items:
                 await box.changed.wait()
                 continue
-            batch = [(self._scripts.append, *box.items[index]) for index in range(min(FLUSH_BATCH, len(box.items)))]
-            try:
-                answers = await self._run_scripts(batch)
-            except REDIS_DOWN as exc:
+            await self._write(lease, box)
+            if box.failing:
                 failures += 1
-                if failures == 1:
-                    logs.event(log, "store.write_delayed", logging.WARNING, job=lease.job_id,
-                               pending=len(box.items), error=exc)
                 await asyncio.sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
-                continue
-            if failures:
-                logs.event(log, "store.write_resumed", job=lease.job_id, after_failures=failures)
+            else:
                 failures = 0
-            for answer in answers:
-                if isinstance(answer, ResponseError):
-                    logs.event(log, "store.lease_lost", logging.WARNING, job=lease.job_id, error=answer)
-                    box.lost = True
-                    box.items.clear()
-                    await self._live.run_elsewhere(self._keys.live(lease.job_id))
-                    break
-                _keys, args = box.items.popleft()
-                self._live.deliver(args[LIVE_CHANNEL], args[LIVE_EVENT] or args[STORED_EVENT])
-            box.notify()
 
     async def flushed(self, lease: Lease, within: float | None = None) -> bool:
         box = self._outboxes.get(lease.job_id)
@@ -478,3 +511,7 @@ async def _reaching_redis() -> AsyncGenerator[None]:
         yield
     except REDIS_DOWN as exc:
         raise StoreUnavailable(f"Redis cannot be reached: {exc}") from None
+    except ResponseError as exc:
+        if is_outage(exc):
+            raise StoreUnavailable(f"Redis refused the request: {exc}") from None
+        raise

@@ -96,11 +96,16 @@ class ServiceProcess:
             time.sleep(0.1)
         raise StackError(f"{self.name} was not ready after {self.start_timeout:.0f} s\n{self.log_tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL to the whole process group at once, as a crash or a lost node would end it."""
+        self.stop(grace=0.0)
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after ``grace`` seconds."""
+        """SIGTERM to the whole process group, SIGKILL after ``grace`` seconds (at once for 0)."""
         if self.process is None or self.process.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        steps = ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)) if grace > 0 else ((signal.SIGKILL, 5.0),)
+        for sig, wait in steps:
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:

@@ -121,8 +121,10 @@ class SwapScript:
     method: int = common_pb2.FACE_SWAP_METHOD_EXTERNAL_API
     # Image index -> (fallback reason, message): return the plain image instead.
     fallback: dict[int, tuple[int, str]] = field(default_factory=dict)
-    # Image index -> (status code, message): end that image's stream with the status.
+    # Image index -> (status code, message): end that image's stream with the status
+    # (on its first ``fail_calls`` calls only, when that is set).
     fail: dict[int, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
+    fail_calls: int | None = None
     gate: asyncio.Event | None = None
 
 
@@ -313,7 +315,8 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
             key = request.target_key or f"tmp/{request.job_id}/{index}.png"
             self.targets[key] = target
             yield swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=key))
-            if index in script.fail:
+            calls = sum(call.job_id == request.job_id and call.image_index == index for call in self.swaps)
+            if index in script.fail and (script.fail_calls is None or calls <= script.fail_calls):
                 code, message = script.fail[index]
                 await context.abort(code, message)
             width, height = image_size(target)

@@ -17,13 +17,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from facegen.v1 import gateway_pb2
+from facegen.v1 import common_pb2, gateway_pb2
 from services.common.redis import RedisSettings
+from services.gateway.admission import AdmissionLimits
+from services.gateway.redis_store import RedisJobStore
+from services.gateway.store import NewJob
+from services.gateway.validation import JobSpec
 from tests.fakes.grpc_upstreams import FakeUpstreams
 from tests.gateway_process import GatewayProcess
 from tests.integration.gateway.conftest import GatewayFactory
 from tests.integration.gateway.support import check_stream, collect, job_request
 from tests.redis_server import RedisServer
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +262,50 @@ async def until_health(health: health_pb2_grpc.HealthStub, status: int, within_s
                     return
     finally:
         updates.cancel()
+
+
+async def test_a_resumable_swap_whose_swapper_is_lost_goes_on_on_another_call(
+        start_gateway: GatewayFactory, upstreams: FakeUpstreams) -> None:
+    gateway = await start_gateway()
+    upstreams.swapper.script.fail = {0: (grpc.StatusCode.UNAVAILABLE, "swapper pod lost")}
+    upstreams.swapper.script.fail_calls = 1
+    events = await collect(gateway.stub.Run(job_request()))
+    assert check_stream(events).state == gateway_pb2.JOB_STATE_COMPLETED
+    calls = upstreams.swapper.swaps
+    job_id = events[0].job_id
+    assert [(call.target_key, call.resumable) for call in calls] == [
+        ("", True), (f"tmp/{job_id}/0.png", True)], "the second call goes on from the stored image"
+    assert len(upstreams.generator.requests) == 1
+
+
+async def test_a_full_redis_delays_a_jobs_events_and_loses_none(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis", appendonly=False).start()
+    store = RedisJobStore(RedisSettings(url=redis.url), AdmissionLimits(2, 2), 60, 100, 30, "gw")
+    try:
+        await store.start(lambda _job, _reason: None)
+        await until(lambda: store.healthy, 5, "the store reports healthy")
+        spec = JobSpec(generate=None, num_images=1, swap_options=common_pb2.SwapOptions(), reference_key="refs/k")
+        first = gateway_pb2.JobEvent(job_id="j", seq=1, stage=gateway_pb2.STAGE_QUEUED)
+        await store.create(NewJob("j", spec, first))
+        lease = await store.claim("gw")
+        assert lease is not None
+        with redis.client() as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+            for number in range(3):
+                await store.append(lease, gateway_pb2.JobEvent(job_id="j", message=f"step {number}"),
+                                   gateway_pb2.JOB_STATE_RUNNING)
+            assert not await store.flushed(lease, within=1.0), "Redis refuses writes while it is full"
+            assert await store.get("j") is not None
+            client.config_set("maxmemory", 0)
+        assert await store.flushed(lease, within=5.0), "the events land once Redis has room, the lease kept"
+        messages = []
+        async with asyncio.timeout(5):
+            async for event in store.watch("j", 0):
+                messages.append(event.message)
+                if event.seq == 4:
+                    break
+        assert messages == ["", "step 0", "step 1", "step 2"]
+    finally:
+        await store.close()
+        redis.stop()
