@@ -9,12 +9,13 @@ MODELS_DIR := models
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTO_FILES := $(wildcard protos/facegen/v1/*.proto)
+NODE_DIR := clients/node
 # apt-get needs root: sudo when make does not run as root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup venv worker-venv models redis-server protos lint test test-fast demo bench clean
+.PHONY: setup venv worker-venv models redis-server node-client protos node-protos lint test test-fast demo bench clean
 
-setup: venv worker-venv models redis-server
+setup: venv worker-venv models redis-server node-client
 
 # The services' dependencies, the local stack's (extra `local`) and the tests' and tools' (`dev`).
 venv: $(VENV)/.installed
@@ -54,9 +55,21 @@ redis-server:
 		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now redis-server; fi; \
 	fi
 
-protos: $(VENV)/.installed
+# The Node/TypeScript client (clients/node): its packages from the lockfile, then
+# tsc builds dist/ (the tests, the example and callers import it).
+node-client: $(NODE_DIR)/node_modules/.installed
+	cd $(NODE_DIR) && npm run --silent build
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --silent --no-audit --no-fund
+	touch $@
+
+# The generated code of both clients' contracts is committed; tests fail when it is stale.
+protos: $(VENV)/.installed node-protos
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos \
 		--pyi_out=protos $(PROTO_FILES)
+
+node-protos: $(NODE_DIR)/node_modules/.installed
+	$(NODE_DIR)/node_modules/.bin/buf generate --template buf.gen.yaml
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -69,10 +82,12 @@ lint: $(VENV)/.installed $(BUF)
 	$(BUF) lint
 	BUF=$(BUF) .ci/buf-breaking
 
-# Lint first, then the main suite (unit, integration, e2e through the real stack),
+# Lint first, then the main suite (unit, integration, e2e through the real stack; the
+# Node client's tests that need gateways run from it), the Node client's unit tests,
 # then the worker's own suite in the worker's environment.
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	cd $(NODE_DIR) && npm test
 	FACEGEN_WORKER_TESTS=1 HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python -m pytest tests/worker
 
 demo: setup
@@ -85,4 +100,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python bench/faceswap.py
 
 clean:
-	rm -rf $(VENV) $(WORKER_VENV) .tools $(MODELS_DIR) out run
+	rm -rf $(VENV) $(WORKER_VENV) .tools $(MODELS_DIR) out run $(NODE_DIR)/node_modules $(NODE_DIR)/dist

@@ -5,11 +5,15 @@ Exit codes tell outcomes apart for scripts:
 back to the plain image · 4 the job failed · 5 the job was cancelled ·
 2 the request was rejected (bad input) · 1 the gateway could not be reached
 or another error.
+
+A thin shell over the client library (``services.client``): ``run`` and
+``watch`` re-attach by themselves when a gateway goes away mid-job.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,11 +24,10 @@ import requests
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from facegen.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from facegen.v1 import common_pb2, gateway_pb2
 from services.cli.progress import ProgressView, describe_result, event_json
-from services.common.config import MAX_MESSAGE_BYTES
+from services.client import FacegenClient, GatewayError, JobStream, RetryPolicy, job_request
 from services.common.images import EXTENSION_BY_MIME
-from services.common.server import message_size_options
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED, EXIT_FALLBACK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
 DOWNLOAD_LIMIT_BYTES = 64 * 1024 * 1024
@@ -38,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=os.environ.get("FACEGEN_TOKEN"),
                         help="bearer token, when the gateway requires one (env FACEGEN_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    parser.add_argument("--retry-for", type=float, default=RetryPolicy.give_up_after, metavar="SECONDS",
+                        help="how long to keep re-trying (re-attaching to a job) while the gateway is "
+                             "unreachable (default %(default)g)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (("run", "submit a job and follow it to the end"),
@@ -87,41 +93,13 @@ def _output_arguments(command: argparse.ArgumentParser) -> None:
 
 def build_request(args: argparse.Namespace) -> gateway_pb2.JobRequest:
     """The JobRequest the command-line arguments describe."""
-    request = gateway_pb2.JobRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, width=args.width,
-        height=args.height, steps=args.steps, num_images=args.images, idempotency_key=args.idempotency_key,
-        preview_every=args.preview_every,
-        swap_options=common_pb2.SwapOptions(mouth_mask=args.mouth_mask, use_face_enhancer=args.enhance,
-                                            many_faces=args.many_faces))
-    if args.guidance is not None:
-        request.guidance_scale = args.guidance
-    if args.seed is not None:
-        request.seed = args.seed
-    if args.lora:
-        name, _, weight = args.lora.partition(":")
-        request.lora.name = name
-        if weight:
-            request.lora.weight = float(weight)
-    if args.reference is not None:
-        request.reference_image = args.reference.read_bytes()
-    else:
-        request.reference_key = args.reference_key
-    if args.target is not None:
-        request.target_image = args.target.read_bytes()
-    return request
-
-
-class Client:
-    """A blocking gateway client with the optional bearer token on every call."""
-
-    def __init__(self, address: str, token: str | None) -> None:
-        self.channel = grpc.insecure_channel(address, options=message_size_options(MAX_MESSAGE_BYTES))
-        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-
-    def close(self) -> None:
-        """Closes the channel."""
-        self.channel.close()
+    lora, _, weight = (args.lora or "").partition(":")
+    return job_request(
+        args.prompt, reference=args.reference, reference_key=args.reference_key, target=args.target,
+        negative_prompt=args.negative_prompt, model=args.model, width=args.width, height=args.height,
+        steps=args.steps, guidance_scale=args.guidance, seed=args.seed, num_images=args.images, lora=lora or None,
+        lora_weight=float(weight) if weight else None, mouth_mask=args.mouth_mask, use_face_enhancer=args.enhance,
+        many_faces=args.many_faces, idempotency_key=args.idempotency_key, preview_every=args.preview_every)
 
 
 def follow(events: Iterable[gateway_pb2.JobEvent], as_json: bool) -> gateway_pb2.JobEvent | None:
@@ -189,11 +167,12 @@ def finish(terminal: gateway_pb2.JobEvent | None, args: argparse.Namespace) -> i
     return outcome_code(result)
 
 
-def _stream(call: grpc.Call, args: argparse.Namespace) -> int:
+def _stream(stream: JobStream, args: argparse.Namespace) -> int:
+    """Shows a run or watch stream to its end. Ctrl-C leaves it (which cancels the job of a run)."""
     try:
-        terminal = follow(call, args.json)  # type: ignore[arg-type]
+        with stream:
+            terminal = follow(stream, args.json)
     except KeyboardInterrupt:
-        call.cancel()
         print("\ncancelled", file=sys.stderr)
         return EXIT_CANCELLED
     return finish(terminal, args)
@@ -205,35 +184,27 @@ def run_command(args: argparse.Namespace) -> int:
         from services.swapper.doctor import main as doctor_main
 
         return int(doctor_main())
-    client = Client(args.gateway, args.token)
-    try:
+    with FacegenClient(args.gateway, token=args.token, policy=RetryPolicy(give_up_after=args.retry_for)) as client:
         return _dispatch(client, args)
-    finally:
-        client.close()
 
 
-def _dispatch(client: Client, args: argparse.Namespace) -> int:
-    stub, metadata = client.stub, client.metadata
+def _dispatch(client: FacegenClient, args: argparse.Namespace) -> int:
     if args.command == "run":
-        return _stream(stub.Run(build_request(args), metadata=metadata), args)
+        return _stream(client.run(build_request(args)), args)
     if args.command == "submit":
-        reply = stub.Submit(build_request(args), metadata=metadata, timeout=30)
-        print(reply.job_id)
+        print(client.submit(build_request(args)).job_id)
         return EXIT_OK
     if args.command == "watch":
-        request = gateway_pb2.WatchRequest(job_id=args.job_id, after_seq=args.after)
-        return _stream(stub.Watch(request, metadata=metadata), args)
+        return _stream(client.watch(args.job_id, args.after), args)
     if args.command == "get":
-        job = stub.Get(gateway_pb2.GetRequest(job_id=args.job_id), metadata=metadata, timeout=30)
+        job = client.get(args.job_id)
         print(json_format.MessageToJson(job, preserving_proto_field_name=True))
         return outcome_code(job.result) if job.HasField("result") else EXIT_OK
     if args.command == "cancel":
-        reply = stub.Cancel(gateway_pb2.CancelRequest(job_id=args.job_id), metadata=metadata, timeout=30)
-        print(gateway_pb2.JobState.Name(reply.state))
+        print(gateway_pb2.JobState.Name(client.cancel(args.job_id)))
         return EXIT_OK
     if args.command == "models":
-        models = stub.ListModels(common_pb2.ListModelsRequest(), metadata=metadata, timeout=30)
-        for model in models.models:
+        for model in client.list_models():
             flags = " (default)" if model.is_default else ""
             print(f"{model.name}{flags}: {model.family}, {model.default_width}x{model.default_height}, "
                   f"sizes {model.min_size}–{model.max_size}, steps ≤ {model.max_steps}, "
@@ -246,15 +217,32 @@ def _dispatch(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_ERROR
 
 
+def _show_retries() -> None:
+    """Prints the client's retry and re-attach lines on stderr (stdout may carry JSON events)."""
+    client_log = logging.getLogger("services.client")
+    if not any(getattr(handler, "facegen_cli", False) for handler in client_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("facegen: %(message)s"))
+        handler.facegen_cli = True  # type: ignore[attr-defined]
+        client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `facegen` command."""
     args = _parser().parse_args(argv)
+    _show_retries()
     try:
         return run_command(args)
-    except grpc.RpcError as error:
-        code = error.code()
-        print(f"facegen: {code.name}: {error.details()}", file=sys.stderr)
-        return EXIT_REJECTED if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+    except GatewayError as error:
+        print(f"facegen: {error}", file=sys.stderr)
+        if args.command == "watch" and error.job_id and error.last_seq:
+            print(f"facegen: follow it again with: facegen watch {error.job_id} --after {error.last_seq}",
+                  file=sys.stderr)
+        return EXIT_REJECTED if error.code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+    except grpc.RpcError as error:  # the health check
+        print(f"facegen: {GatewayError.from_rpc(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except (OSError, ValueError, requests.RequestException) as error:
         print(f"facegen: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,12 +1,12 @@
 """One job from its claim to its terminal event, or to where another gateway takes it over.
 
-The flow (docs/architecture.md): start the generator call and the reference
-upload at the same time; hand each generated image to the swapper as soon as
-it arrives (up to ``swap_concurrency`` at once); turn every upstream event
-into a JobEvent; end with exactly one terminal event. A job whose reference
-upload fails stops at once (nothing could be swapped); a job whose generator
-fails after some images arrived lets their swaps finish, so the FAILED result
-still lists them.
+The flow (docs/architecture.md, "A job's journey"): start the generator call and,
+unless Submit stored it already, the reference upload at the same time; hand each
+generated image to the swapper as soon as it arrives (up to ``swap_concurrency``
+at once); turn every upstream event into a JobEvent; end with exactly one
+terminal event. A job whose reference upload fails stops at once (nothing could
+be swapped); a job whose generator fails after some images arrived lets their
+swaps finish, so the FAILED result still lists them.
 
 Every step that would be costly or wrong to repeat is checkpointed with the
 event that reports it: an image stored, its remote job submitted, its result.

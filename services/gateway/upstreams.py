@@ -10,6 +10,7 @@ name the upstream, so a job's FAILED event says what went wrong where.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -38,6 +39,7 @@ from services.gateway.settings import Settings
 GENERATOR = "generator"
 SWAPPER = "swapper"
 LIST_MODELS_TIMEOUT_SECONDS = 15.0
+_INCIDENT = re.compile(r"\(incident ([0-9a-f]{6,32})\)")
 CANCEL_SWAP_TIMEOUT_SECONDS = 10.0
 MAX_DETAILS_CHARS = 500
 
@@ -69,7 +71,10 @@ def translate(exc: grpc.aio.AioRpcError, upstream: str, timeout: float, started:
     kind = _SAME_CODE.get(code)
     if kind is not None:
         return kind(f"{upstream}: {details or code.name.lower()}")
-    return UpstreamFailed(f"the {upstream} failed ({code.name}); the details are in its logs")
+    # The upstream's incident id leads to its log line; nothing else of its message is passed on.
+    incident = _INCIDENT.search(details)
+    where = f", incident {incident.group(1)}" if incident else ""
+    return UpstreamFailed(f"the {upstream} failed ({code.name}{where}); the details are in its logs")
 
 
 class Upstreams:

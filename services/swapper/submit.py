@@ -77,7 +77,7 @@ class CancelledAfterSubmit(Exception):
 
 
 def build_payload(settings: RunPodSettings, inputs: SwapInputs, remaining_s: float) -> dict[str, Any]:
-    """The ``/run`` body: the original system's input plus a policy that ends before our deadline.
+    """The ``/run`` body: the worker's input (docs/faceswap_worker.md) plus a policy ending before our deadline.
 
     ``executionTimeout`` leaves a margin (10 % of the time left, 1-15 s) for
     queueing and for us to fetch the result; ``ttl`` drops the job from the

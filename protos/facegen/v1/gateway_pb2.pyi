@@ -198,7 +198,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("state", "code", "message", "images", "failures", "timings", "reference_key")
+    __slots__ = ("state", "code", "message", "images", "failures", "timings", "reference_key", "trace_id")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class JobResult(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     code: str
     message: str
@@ -213,10 +214,11 @@ class JobResult(_message.Message):
     failures: _containers.RepeatedCompositeFieldContainer[ImageFailure]
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     reference_key: str
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., reference_key: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., reference_key: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "stage", "percent", "created_at", "last_seq", "result")
+    __slots__ = ("job_id", "state", "stage", "percent", "created_at", "last_seq", "result", "trace_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +226,7 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     stage: Stage
@@ -231,4 +234,5 @@ class Job(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     last_seq: int
     result: JobResult
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., percent: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., percent: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...

@@ -305,6 +305,8 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     (grpc.StatusCode.CANCELLED, "shutting down", 0, "UNAVAILABLE", "ended the call early"),
     (grpc.StatusCode.INTERNAL, "stack trace /srv/x.py", 0, "INTERNAL", "the swapper failed (INTERNAL)"),
     (grpc.StatusCode.UNKNOWN, "boom", 0, "INTERNAL", "the swapper failed (UNKNOWN)"),
+    (grpc.StatusCode.INTERNAL, "internal error (incident 3f9a1c20be7d)", 0, "INTERNAL",
+     "the swapper failed (INTERNAL, incident 3f9a1c20be7d); the details are in its logs"),
 ])
 def test_upstream_status_codes_map_to_job_codes(code: grpc.StatusCode, details: str, elapsed: float,
                                                 expected: str, needle: str) -> None:
