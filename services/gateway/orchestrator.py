@@ -138,7 +138,7 @@ class JobRun:
             code, message = status_for(exc)
             if is_internal(exc) and not isinstance(exc, FacegenError):
                 incident = new_incident_id()
-                log.error("event=job.internal_error incident=%s", incident, exc_info=exc)
+                logs.event(log, "job.internal_error", logging.ERROR, incident=incident, exc_info=exc)
                 message = f"{message} (incident {incident})"
             await self._end(gateway_pb2.JOB_STATE_FAILED, code.name, message)
         finally:
@@ -303,7 +303,7 @@ class JobRun:
             except Exception as exc:
                 code, message = status_for(exc)
                 if is_internal(exc) and not isinstance(exc, FacegenError):
-                    log.error("event=job.swap_internal_error image=%d", index, exc_info=exc)
+                    logs.event(log, "job.swap_internal_error", logging.ERROR, image=index, exc_info=exc)
                 point.failure = gateway_pb2.ImageFailure(index=index, code=code.name, message=message)
                 self._progress.image(index, 1.0)
                 await self._emit(SWAPPING, f"image {index} failed: {code.name}: {message}", image_index=index,

@@ -234,7 +234,7 @@ class _Member:
 def child_main(settings: Settings, device_name: str, conn: multiprocessing.connection.Connection,
                cancel: Any, progress: Any) -> None:
     """The child: serves commands until ``stop`` or until the parent's end of the pipe closes."""
-    logs.configure("generator", settings.log_level)
+    logs.configure("generator", settings.log_level, settings.log_format)
     quiet_libraries()
     device = Device(device_name)
     use_torch_threads(settings.torch_threads, device)
@@ -252,7 +252,7 @@ def child_main(settings: Settings, device_name: str, conn: multiprocessing.conne
         except FacegenError as exc:
             conn.send(("error", type(exc).__name__, str(exc)))
         except Exception as exc:
-            log.error("event=generate.device_error error=%s", exc, exc_info=exc)
+            logs.event(log, "generate.device_error", logging.ERROR, error=exc, exc_info=exc)
             conn.send(("error", "", f"{type(exc).__name__}: {exc}"))
         else:
             conn.send(("ok", result, registry.loaded_names()))

@@ -102,8 +102,7 @@ class LoadedModel:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise
-            log.error("event=lora.load_failed lora=%s path=%s error=%s", name, entry.path, exc,
-                      exc_info=exc)
+            logs.event(log, "lora.load_failed", logging.ERROR, lora=name, path=entry.path, error=exc, exc_info=exc)
             raise Unavailable(f"lora {name!r} could not be loaded on the generator (see its log)") from exc
         self._adapters[name] = None
         logs.event(log, "lora.attached", model=self.spec.name, lora=name)
@@ -159,8 +158,8 @@ class PipelineRegistry:
         logs.event(log, "model.loading", model=spec.name, family=spec.family, source=spec.source,
                    device=self.device.name, dtype=str(dtype).removeprefix("torch."))
         if spec.path is not None and not (spec.path / "model_index.json").is_file():
-            log.error("event=model.missing model=%s path=%s hint=%s", spec.name, spec.path,
-                      "run `make setup` (tiny models) or fix the catalog path")
+            logs.event(log, "model.missing", logging.ERROR, model=spec.name, path=spec.path,
+                       hint="run `make setup` (tiny models) or fix the catalog path")
             raise Unavailable(f"model {spec.name!r} is not installed on the generator")
         try:
             pipe = cls.from_pretrained(spec.source, **kwargs)
@@ -172,8 +171,8 @@ class PipelineRegistry:
             if is_out_of_memory(exc):
                 release_cached_memory(self.device)
                 raise ResourceExhausted(f"model {spec.name!r} does not fit in the device's memory") from exc
-            log.error("event=model.load_failed model=%s source=%s error=%s", spec.name, spec.source, exc,
-                      exc_info=exc)
+            logs.event(log, "model.load_failed", logging.ERROR, model=spec.name, source=spec.source, error=exc,
+                       exc_info=exc)
             raise Unavailable(f"model {spec.name!r} could not be loaded on the generator (see its log)") \
                 from exc
         logs.event(log, "model.loaded", model=spec.name, attention=_attention_kinds(pipe))
