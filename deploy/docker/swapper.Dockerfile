@@ -14,7 +14,9 @@ COPY constraints.txt /tmp/constraints.txt
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
         grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow pydantic-settings \
-        boto3 aiohttp redis hiredis
+        boto3 aiohttp redis hiredis \
+        prometheus-client opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+        opentelemetry-instrumentation-botocore opentelemetry-instrumentation-aiohttp-client
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \
@@ -33,6 +35,7 @@ RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/protos \
     PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     SWAPPER_LISTEN=0.0.0.0:50053

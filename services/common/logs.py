@@ -202,7 +202,7 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, *,
         return
     parts = [f"event={name}"]
     parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
-    logger.log(level, " ".join(parts), exc_info=exc_info, extra={_EVENT: name, _FIELDS: fields})
+    logger.log(level, " ".join(parts), exc_info=exc_info, extra={_EVENT: name, _FIELDS: fields}, stacklevel=2)
 
 
 @contextmanager

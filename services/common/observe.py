@@ -160,7 +160,8 @@ def _failure(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
 class ObservedCall:
     """One outgoing call: the metadata to send with it, and its final code (set by the caller on failure)."""
 
-    metadata: list[tuple[str, str]]
+    # None when there is nothing to send (tracing off).
+    metadata: list[tuple[str, str]] | None
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
@@ -185,15 +186,15 @@ class ClientObserver:
         series.in_flight.inc()
         started = time.perf_counter()
         span = None
-        call = ObservedCall([])
+        call = ObservedCall(None)
         if tracing.enabled():
             service, method = split_method(full)
             span = tracing.start_span(full.lstrip("/"), SpanKind.CLIENT,
                                       attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
-            call.metadata = tracing.inject(span)
+            call.metadata = tracing.inject(span) or None
         try:
             yield call
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the caller left (a stream closed early counts too)
             if call.code == grpc.StatusCode.OK:
                 call.code = grpc.StatusCode.CANCELLED
             raise

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 JOB_ID = "facegen.job_id"
 TRACEPARENT = "traceparent"
+# A span that records nothing: what a part holds until (or unless) it starts a real one.
+NO_SPAN: Span = trace.INVALID_SPAN
 def sampler_for(settings: TracingSettings) -> Sampler:
     """The sampler the settings name."""
     ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
@@ -182,6 +184,12 @@ def context_of(traceparent: str) -> Context | None:
     if not traceparent:
         return None
     return propagate.extract({TRACEPARENT: traceparent})
+
+
+def trace_id(span: Span) -> str:
+    """``span``'s trace id (32 hex digits), or "" for a span that is not traced."""
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else ""
 
 
 def trace_id_of(traceparent: str) -> str:

@@ -24,16 +24,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._manager = manager
         self._upstreams = upstreams
         self._expected_auth = f"Bearer {auth_token.get_secret_value()}".encode() if auth_token else None
+        self._auth_failures = manager.metrics.auth_failures
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if self._expected_auth is None:
             return
+        reason = "missing"
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
                 if hmac.compare_digest(given, self._expected_auth):
                     return
+                reason = "invalid"
                 break
+        self._auth_failures.labels(reason=reason).inc()
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             "a valid 'authorization: Bearer <token>' metadata entry is required")
 

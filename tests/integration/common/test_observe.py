@@ -9,13 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from facegen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from services.common import errors, logs, tracing
+from services.common import errors, logs
 from services.common.channel import internal_channel
 from services.common.config import ServerSettings
 from services.common.health import is_serving
@@ -58,16 +55,6 @@ async def served():
     yield server, servicer, generator_pb2_grpc.GeneratorServiceStub(channel)
     await channel.close()
     await server.stop(0)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use(provider)
-    yield exporter
-    tracing.shutdown()
 
 
 @pytest.fixture
