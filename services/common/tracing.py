@@ -155,6 +155,11 @@ def start_span(name: str, kind: SpanKind = SpanKind.INTERNAL, parent: Context | 
     return _tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
 
 
+def current_span() -> Span:
+    """The span current in this context (``NO_SPAN`` when tracing is off)."""
+    return trace.get_current_span() if _provider is not None else NO_SPAN
+
+
 def inject(span: Span) -> list[tuple[str, str]]:
     """gRPC metadata that carries ``span``'s context (``traceparent``) to the callee."""
     carrier: dict[str, str] = {}

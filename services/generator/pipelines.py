@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -17,6 +18,7 @@ from services.common import logs
 from services.common.errors import FacegenError, FailedPrecondition, ResourceExhausted, Unavailable
 from services.generator.catalog import Catalog, ModelSpec
 from services.generator.device import Device, is_out_of_memory, release_cached_memory
+from services.generator.device_report import DeviceReport
 from services.generator.params import LoraChoice
 
 log = logging.getLogger(__name__)
@@ -119,10 +121,24 @@ class PipelineRegistry:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         # Replaced (never mutated) on every change, so other threads can read it safely.
         self._loaded_names: frozenset[str] = frozenset()
+        # (model, seconds) of the loads since the last report.
+        self._loads: list[tuple[str, float]] = []
 
     def loaded_names(self) -> frozenset[str]:
         """Names of the models in memory (safe to call from any thread)."""
         return self._loaded_names
+
+    def report(self) -> DeviceReport:
+        """The models and adapters in memory, the loads since the last report, and GPU memory (device thread)."""
+        loads, self._loads = self._loads, []
+        memory = None
+        if self.device.is_cuda:
+            import torch
+
+            memory = (int(torch.cuda.memory_allocated(self.device.name)),
+                      int(torch.cuda.memory_reserved(self.device.name)))
+        return DeviceReport(loaded={name: model.adapters for name, model in self._loaded.items()},
+                            loads=tuple(loads), memory=memory)
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, loading it (and dropping the least recently used) if needed."""
@@ -131,7 +147,9 @@ class PipelineRegistry:
             self._loaded.move_to_end(name)
             return model
         self._make_room()
+        started = time.perf_counter()
         model = self._load(self.catalog.models[name])
+        self._loads.append((name, time.perf_counter() - started))
         self._loaded[name] = model
         self._loaded_names = frozenset(self._loaded)
         return model
