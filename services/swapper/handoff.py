@@ -36,12 +36,16 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
     loop = asyncio.get_running_loop()
     offers: deque[tuple[T, asyncio.Future[None]]] = deque()
     wake: asyncio.Future[None] = loop.create_future()
+    # Set once the consumer is gone: a delivery after that can never be taken, so it raises at once.
+    consumer_gone = False
 
     def wake_up() -> None:
         if not wake.done():
             wake.set_result(None)
 
     async def deliver(value: T) -> None:
+        if consumer_gone:
+            raise gone()
         taken: asyncio.Future[None] = loop.create_future()
         offers.append((value, taken))
         wake_up()
@@ -65,6 +69,7 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
                 wake = loop.create_future()
                 await wake
     except GeneratorExit:
+        consumer_gone = True
         for future in (taking, *(taken for _, taken in offers)):
             if future is not None and not future.done():
                 future.set_exception(gone())
@@ -72,6 +77,9 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
             await finish(producer)
         raise
     except asyncio.CancelledError:
+        # A producer that outlives its cancellation (a library that turned it into an error of its
+        # own) and delivers again must not wait for a consumer that is gone.
+        consumer_gone = True
         producer.cancel()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await finish(producer)

@@ -99,3 +99,34 @@ async def test_the_producer_runs_in_the_consumer_s_context() -> None:
 
     job.set("job-7")
     assert [value async for value in handed_over(produce, Gone)] == ["job-7"]
+
+
+
+async def test_a_producer_that_outlives_its_cancellation_gets_gone_instead_of_waiting_forever() -> None:
+    # Seen with the swapper's follow loop: a cancellation turned into an error on the way, and the loop
+    # went on to report the next status. That delivery must fail at once, not wait for a consumer.
+    outcome: list[str] = []
+    waiting = asyncio.Event()
+
+    async def produce(deliver: Deliver[int]) -> None:
+        await deliver(1)  # returns once the consumer asks for the next value
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.append("cancel swallowed")
+        try:
+            await deliver(2)
+        except Gone:
+            outcome.append("gone")
+
+    async def consume() -> None:
+        async for _ in handed_over(produce, Gone):
+            pass
+
+    consumer = asyncio.create_task(consume())
+    await waiting.wait()  # the consumer waits inside handed_over for the next value
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(consumer, 2)
+    assert outcome == ["cancel swallowed", "gone"]
