@@ -183,13 +183,18 @@ def formatter(service: str, fmt: LogFormat = "text") -> logging.Formatter:
     return JsonFormatter(service) if fmt == "json" else TextFormatter(service)
 
 
-def configure(service: str, level: str = "INFO", fmt: LogFormat = "text") -> None:
-    """Sends every log record to stdout, one line each, as text or JSON, tagged with service, job and trace."""
+def stdout_handler(service: str, fmt: LogFormat = "text") -> logging.Handler:
+    """A handler writing ``service``'s lines to stdout, as text or JSON, tagged with job and trace."""
     handler = _StdoutHandler()
     handler.addFilter(_Context())
     handler.setFormatter(formatter(service, fmt))
+    return handler
+
+
+def configure(service: str, level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Sends every log record to stdout, one line each, as text or JSON, tagged with service, job and trace."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [stdout_handler(service, fmt)]
     root.setLevel(level.upper())
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
