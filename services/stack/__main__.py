@@ -56,15 +56,17 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up(run_dir: Path, gateways: int, shared_store: bool) -> int:
+def up(run_dir: Path, gateways: int, shared_store: bool, otlp_endpoint: str = "") -> int:
     """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
-    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store) as stack:
+    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, otlp_endpoint=otlp_endpoint) as stack:
         assert stack.addresses is not None
         a = stack.addresses
         replicas = "".join(f"gateway   {address}\n" for address in a.gateways)
         store = f"redis     {a.redis} (the gateways' job store)\n" if a.redis else ""
+        metrics = "".join(f"metrics   {url} ({name})\n" for name, url in a.metrics.items())
+        traces = f"traces    sent to {otlp_endpoint}\n" if otlp_endpoint else ""
         print(f"{replicas}{store}generator {a.generator}\nswapper   {a.swapper}\n"
-              f"s3        {a.s3}\nrunpod    {a.runpod}\nlogs      {run_dir}\n"
+              f"s3        {a.s3}\nrunpod    {a.runpod}\n{metrics}{traces}logs      {run_dir}\n"
               f"try: facegen --gateway {a.gateway} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
               flush=True)
         try:
@@ -107,13 +109,15 @@ def main() -> int:
     serve.add_argument("--gateways", type=int, default=1,
                        help="gateway replicas; more than one share a Redis job store (default: 1)")
     serve.add_argument("--redis", action="store_true", help="a Redis job store even for one gateway")
+    serve.add_argument("--otlp-endpoint", default="", metavar="URL",
+                       help="send every service's spans there (OTLP over gRPC, e.g. http://127.0.0.1:4317)")
     args = parser.parse_args()
     if args.command == "up" and args.gateways < 1:
         parser.error("--gateways must be at least 1")
     try:
         if args.command == "demo":
             return demo(args.out)
-        return up(args.run_dir or _run_dir(), args.gateways, args.redis)
+        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.otlp_endpoint)
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1
