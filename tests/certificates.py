@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 from services.stack.certs import CertificateAuthority, KeyPair
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 
 from services.common.config import MAX_MESSAGE_BYTES
-from services.common.tls import TlsFiles, channel_credentials, check_client_files
+from services.common.tls import channel_credentials
+from services.common.tls_files import TlsFiles, check_client_files
 
 Metadata = tuple[tuple[str, str], ...]
 

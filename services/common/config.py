@@ -40,7 +40,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from services.common.tls import TlsFiles, check_server_files
+from services.common.tls_files import TlsFiles, check_server_files
 
 MiB = 1024 * 1024
 

@@ -12,7 +12,7 @@ from facegen.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs
 from services.common.app import ServiceApp
 from services.common.server import ServiceServer
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 from services.gateway.auth import Authenticator
 from services.gateway.manager import JobManager
 from services.gateway.service import GatewayServicer

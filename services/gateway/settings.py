@@ -12,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.config import LogLevel, Lowercase, ServerSettings, tls_variables
 from services.common.redis import RedisSettings
-from services.common.tls import TlsFiles, check_client_files
+from services.common.tls_files import TlsFiles, check_client_files
 
 
 def default_instance() -> str:

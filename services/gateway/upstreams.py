@@ -36,6 +36,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.tls_files import ChangedWhileRead
 from services.common.watched_files import WatchedFiles
 from services.gateway.settings import Settings
 
@@ -119,7 +120,7 @@ class Upstreams:
             return False
         try:
             credentials = await asyncio.to_thread(tls.channel_credentials, self._settings.upstream_tls)
-        except tls.ChangedWhileRead:
+        except ChangedWhileRead:
             self._certificates.forget()
             return False
         except ValueError as exc:

@@ -37,7 +37,8 @@ from facegen.v1 import (
     swapper_pb2,
     swapper_pb2_grpc,
 )
-from services.common.tls import TlsFiles, server_credentials
+from services.common.tls import server_credentials
+from services.common.tls_files import TlsFiles
 
 DEFAULT_SIZE = 64
 DEFAULT_SEED = 1234

@@ -13,7 +13,8 @@ from facegen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.common.channel import internal_channel
 from services.common.config import ServerSettings
 from services.common.server import ServiceServer
-from services.common.tls import TlsFiles, channel_credentials
+from services.common.tls import channel_credentials
+from services.common.tls_files import TlsFiles
 from services.stack.certs import CertificateAuthority
 from tests.certificates import Pki, make_pki, replace
 

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common.config import ConfigError
-from services.common.tls import ServerCertificates, TlsFiles, channel_credentials, check_client_files
+from services.common.tls import ServerCertificates, channel_credentials
+from services.common.tls_files import TlsFiles, check_client_files
 from services.common.watched_files import WatchedFiles
 from services.gateway.settings import Settings as GatewaySettings
 from services.generator.settings import Settings as GeneratorSettings
