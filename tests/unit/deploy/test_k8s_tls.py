@@ -14,17 +14,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 
 from services.gateway.settings import Settings as GatewaySettings
 from services.generator.settings import Settings as GeneratorSettings
 from services.stack.certs import CertificateAuthority
 from services.swapper.settings import Settings as SwapperSettings
-from tests.unit.deploy.cert_manager import check, go_duration_seconds, is_cert_manager, usages
+from tests.unit.deploy.cert_manager import check, go_duration_seconds, usages
 from tests.unit.deploy.deploy_facts import PORTS
 from tests.unit.deploy.manifests import Obj, pod_spec, render
-from tests.unit.deploy.test_k8s import K8S, K8S_VERSIONS, container, env_of, find, of_kind, rendered, secret_file
+from tests.unit.deploy.test_k8s import (
+    K8S,
+    K8S_VERSIONS,
+    container,
+    env_of,
+    find,
+    of_kind,
+    rendered,
+    secret_file,
+    validation_errors,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -68,20 +77,12 @@ def files_of(objects: tuple[Obj, ...], service: str, variables: tuple[str, str, 
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("name", TLS_DEPLOYMENTS)
-def test_every_object_validates_the_kubernetes_ones_strictly_and_cert_managers_against_its_schema(
-        name: str, version: str) -> None:
-    errors: list[str] = []
-    for obj in objects_of(name):
-        if is_cert_manager(obj):
-            errors += check(obj)
-            continue
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}")
+def test_the_gpu_overlay_with_the_component_validates(version: str) -> None:
+    """(overlays/tls is validated with every kustomization, in test_k8s.py.)"""
+    objects = objects_of("gpu+tls")
+    errors = [error for obj in objects for error in validation_errors(obj, version)]
     assert not errors, "\n".join(errors)
-    assert len(of_kind(objects_of(name), "Certificate")) == 5
+    assert len(of_kind(objects, "Certificate")) == len(of_kind(rendered("overlays/tls"), "Certificate")) == 5
 
 
 @pytest.mark.parametrize(("change", "error"), [
