@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).add_argument("job_id")
     commands.add_parser("models", help="list the generator's models")
     commands.add_parser("health", help="check that the gateway is serving")
-    commands.add_parser("doctor", help="check storage and the RunPod endpoint with a real swap")
+    doctor = commands.add_parser("doctor", help="check storage and the RunPod endpoint with a real swap")
+    doctor.add_argument("--reference", type=Path, help="face photo for the test swap (default: the local "
+                        "stack's sample, when the `local` extra is installed)")
+    doctor.add_argument("--target", type=Path, help="photo to swap the face onto (default: the stack's sample)")
     return parser
 
 
@@ -211,13 +215,28 @@ def _stream(stream: JobStream, args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Dispatches one parsed command; returns the exit code."""
     if args.command == "doctor":
-        from services.swapper.doctor import main as doctor_main
-
-        return int(doctor_main())
+        return _doctor(args.reference, args.target)
     tls, options = client_tls(args)
     with FacegenClient(args.gateway, token=args.token, tls=tls, options=options,
                        policy=RetryPolicy(give_up_after=args.retry_for)) as client:
         return _dispatch(client, args)
+
+
+def _doctor(reference: Path | None, target: Path | None) -> int:
+    """The swapper's doctor, with the given photos or the local stack's samples (else it skips the swap)."""
+    from services.swapper.doctor import main as doctor_main
+
+    with tempfile.TemporaryDirectory(prefix="facegen-doctor-") as directory:
+        if reference is None and target is None:
+            try:
+                from services.stack.samples import write_samples
+            except ImportError:  # no `local` extra: the doctor says it skips the swap
+                return int(doctor_main())
+            reference, target = write_samples(Path(directory))
+        if reference is None or target is None:
+            print("facegen doctor: give both --reference and --target, or neither", file=sys.stderr)
+            return EXIT_REJECTED
+        return int(doctor_main(["--reference", str(reference), "--target", str(target)]))
 
 
 def _dispatch(client: FacegenClient, args: argparse.Namespace) -> int:

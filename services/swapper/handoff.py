@@ -28,20 +28,26 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
     """Runs ``produce(deliver)`` in a task and yields each value it delivers, in order.
 
     When the consumer closes the generator early (the call ended, a write
-    failed), pending deliveries raise ``gone()`` and the producer is awaited
-    to the end of its clean-up; its error is not raised (nobody is left to
-    receive it). When the consuming task is cancelled, so is the producer.
-    The producer's own error ends the iteration with that error.
+    failed), pending and later deliveries raise ``gone()`` and the producer
+    is awaited to the end of its clean-up; its error is not raised (nobody is
+    left to receive it). When the consuming task is cancelled, so is the
+    producer (and a delivery it still makes raises ``gone()``). The
+    producer's own error ends the iteration with that error.
     """
     loop = asyncio.get_running_loop()
     offers: deque[tuple[T, asyncio.Future[None]]] = deque()
     wake: asyncio.Future[None] = loop.create_future()
+    # Set once the consumer has gone: a producer that goes on (one that outlives a cancel, in a
+    # shielded clean-up or a library that swallowed it) must not wait for it.
+    left = False
 
     def wake_up() -> None:
         if not wake.done():
             wake.set_result(None)
 
     async def deliver(value: T) -> None:
+        if left:
+            raise gone()
         taken: asyncio.Future[None] = loop.create_future()
         offers.append((value, taken))
         wake_up()
@@ -64,15 +70,13 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
             else:
                 wake = loop.create_future()
                 await wake
-    except GeneratorExit:
+    except (GeneratorExit, asyncio.CancelledError) as leaving:
+        left = True
         for future in (taking, *(taken for _, taken in offers)):
             if future is not None and not future.done():
                 future.set_exception(gone())
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await finish(producer)
-        raise
-    except asyncio.CancelledError:
-        producer.cancel()
+        if isinstance(leaving, asyncio.CancelledError):
+            producer.cancel()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await finish(producer)
         raise

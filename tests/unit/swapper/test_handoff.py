@@ -99,3 +99,34 @@ async def test_the_producer_runs_in_the_consumer_s_context() -> None:
 
     job.set("job-7")
     assert [value async for value in handed_over(produce, Gone)] == ["job-7"]
+
+
+async def test_a_producer_that_outlives_the_cancel_is_told_the_consumer_is_gone_instead_of_waiting() -> None:
+    """A clean-up shielded from the cancel, or a library that swallows it, may go on and deliver
+    again; that delivery must fail at once, or the producer (and the call) would wait forever."""
+    started = asyncio.Event()
+    outcome: list[str] = []
+
+    async def produce(deliver: Deliver[int]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.append("cancel swallowed")
+        try:
+            await deliver(2)
+        except Gone:
+            outcome.append("told: gone")
+
+    async def consume() -> None:
+        async with contextlib.aclosing(handed_over(produce, Gone)) as events:
+            async for _ in events:
+                pass
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 5)
+    consumer.cancel()
+    done, _ = await asyncio.wait({consumer}, timeout=5)
+    assert consumer in done, f"the consumer still waits for its producer ({outcome})"
+    assert consumer.cancelled()
+    assert outcome == ["cancel swallowed", "told: gone"]
