@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facegen.v1 import common_pb2, gateway_pb2
 from services.cli.progress import ProgressView, describe_result, event_json
-from services.client import FacegenClient, GatewayError, JobStream, RetryPolicy, job_request
+from services.client import FacegenClient, GatewayError, JobStream, RetryPolicy, job_request, tls_credentials
 from services.common.images import EXTENSION_BY_MIME
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED, EXIT_FALLBACK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="gateway address (env FACEGEN_GATEWAY)")
     parser.add_argument("--token", default=os.environ.get("FACEGEN_TOKEN"),
                         help="bearer token, when the gateway requires one (env FACEGEN_TOKEN)")
+    tls = parser.add_argument_group("TLS", "any of these turns TLS on")
+    tls.add_argument("--tls", action="store_true", default=_env_flag("FACEGEN_TLS"),
+                     help="TLS with the system's root certificates (env FACEGEN_TLS=1)")
+    tls.add_argument("--tls-ca", type=Path, default=_env_path("FACEGEN_TLS_CA"), metavar="FILE",
+                     help="CA that signs the gateway's certificate, PEM (env FACEGEN_TLS_CA)")
+    tls.add_argument("--tls-cert", type=Path, default=_env_path("FACEGEN_TLS_CERT"), metavar="FILE",
+                     help="client certificate, PEM, for a gateway that requires one (env FACEGEN_TLS_CERT)")
+    tls.add_argument("--tls-key", type=Path, default=_env_path("FACEGEN_TLS_KEY"), metavar="FILE",
+                     help="its private key, PEM (env FACEGEN_TLS_KEY)")
+    tls.add_argument("--tls-server-name", default=os.environ.get("FACEGEN_TLS_SERVER_NAME"), metavar="NAME",
+                     help="the name the gateway's certificate must carry, when it is not the address's host "
+                          "(e.g. through kubectl port-forward; env FACEGEN_TLS_SERVER_NAME)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
     parser.add_argument("--retry-for", type=float, default=RetryPolicy.give_up_after, metavar="SECONDS",
                         help="how long to keep re-trying (re-attaching to a job) while the gateway is "
@@ -66,6 +78,24 @@ def _parser() -> argparse.ArgumentParser:
                         "stack's sample, when the `local` extra is installed)")
     doctor.add_argument("--target", type=Path, help="photo to swap the face onto (default: the stack's sample)")
     return parser
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
+def client_tls(args: argparse.Namespace) -> tuple[bool | grpc.ChannelCredentials, list[tuple[str, str]]]:
+    """The client's ``tls`` and channel options from the TLS arguments (ValueError for an unusable file)."""
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key,
+                               names=("--tls-cert", "--tls-key", "--tls-ca")), options
+    return bool(args.tls or options), options
 
 
 def _job_arguments(job: argparse.ArgumentParser) -> None:
@@ -186,7 +216,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Dispatches one parsed command; returns the exit code."""
     if args.command == "doctor":
         return _doctor(args.reference, args.target)
-    with FacegenClient(args.gateway, token=args.token, policy=RetryPolicy(give_up_after=args.retry_for)) as client:
+    tls, options = client_tls(args)
+    with FacegenClient(args.gateway, token=args.token, tls=tls, options=options,
+                       policy=RetryPolicy(give_up_after=args.retry_for)) as client:
         return _dispatch(client, args)
 
 

@@ -124,7 +124,9 @@ async def serve(build: Callable[[], ServiceApp], name: str) -> int:
     app = build()
     logs.event(log, f"{name}.config", logging.INFO, **app.describe())
     port = await app.listen()
-    logs.event(log, "server.listening", service=name, address=app.server.settings.listen, port=port)
+    health = {"health_port": app.server.health_port} if app.server.health_server is not None else {}
+    logs.event(log, "server.listening", service=name, address=app.server.settings.listen, port=port,
+               tls=app.server.settings.tls.server_mode, **health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import annotated_types
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -39,6 +39,8 @@ from pydantic_settings import (
     SettingsError,
 )
 from pydantic_settings.sources.utils import parse_env_vars
+
+from services.common.tls_files import TlsFiles, check_server_files
 
 MiB = 1024 * 1024
 
@@ -141,6 +143,32 @@ class ServerSettings(EnvSettings):
     grace_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=4 * MiB, le=512 * MiB, validation_alias="MAX_MESSAGE_BYTES")
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # TLS (services/common/tls.py): a certificate and its key serve TLS; a CA as well requires
+    # every client to present a certificate it signed (mTLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # A second port, plaintext, that serves grpc.health.v1 only: for probes that cannot speak TLS
+    # (Kubernetes' built-in gRPC probes). Unset: none.
+    health_listen: str | None = None
+
+    @property
+    def tls(self) -> TlsFiles:
+        """The server's TLS files, with the variables that name them."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file,
+                        variables=tls_variables(type(self), "tls_"))
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> Self:
+        check_server_files(self.tls)
+        return self
+
+
+def tls_variables(cls: type[EnvSettings], prefix: str) -> tuple[str, str, str]:
+    """The variables of a class's ``<prefix>cert_file``, ``<prefix>key_file`` and ``<prefix>ca_file`` fields."""
+    cert, key, ca = (_variables(cls, f"{prefix}{part}_file", cls.model_fields[f"{prefix}{part}_file"])[0]
+                     for part in ("cert", "key", "ca"))
+    return cert, key, ca
 
 
 # --- reading the environment ----------------------------------------------------------------------

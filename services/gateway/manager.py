@@ -23,6 +23,7 @@ from services.common import logs
 from services.common.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from services.common.model_limits import check_lora, find_model, settle
 from services.gateway.admission import AdmissionLimits
+from services.gateway.auth import caller_var
 from services.gateway.dispatcher import SHUTDOWN_MESSAGE, Dispatcher
 from services.gateway.memory_store import InMemoryJobStore
 from services.gateway.models import ModelCatalog
@@ -120,7 +121,7 @@ class JobManager:
             existing = await self.store.find(key)
             return _same_request(key, digest, *(existing or (created.job_id, digest))), False
         with logs.job_context(job_id):
-            logs.event(log, "job.submitted", **spec.summary)
+            logs.event(log, "job.submitted", caller=caller_var.get(), **spec.summary)
         if self._shared:
             # Stored and queued already: if this claim fails, a claim loop takes the job later.
             with contextlib.suppress(StoreUnavailable):

@@ -1,4 +1,5 @@
-"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running.
+"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running
+(`up --tls`: with TLS on every gRPC hop).
 
 Ctrl-C, SIGTERM (docker stop, systemd, CI) and SIGHUP (the terminal closed)
 all stop every process the stack started. The services run in their own
@@ -56,16 +57,20 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up(run_dir: Path, gateways: int, shared_store: bool) -> int:
+def up(run_dir: Path, gateways: int, shared_store: bool, tls: bool = False) -> int:
     """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
-    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store) as stack:
+    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, tls=tls) as stack:
         assert stack.addresses is not None
         a = stack.addresses
         replicas = "".join(f"gateway   {address}\n" for address in a.gateways)
         store = f"redis     {a.redis} (the gateways' job store)\n" if a.redis else ""
+        certs = stack.certificates
+        secured = (f"tls       CA {certs.ca} (every gRPC hop; the generator and swapper take only the gateway's "
+                   f"client certificate)\n" if certs else "")
+        connect = f" --tls-ca {certs.ca}" if certs else ""
         print(f"{replicas}{store}generator {a.generator}\nswapper   {a.swapper}\n"
-              f"s3        {a.s3}\nrunpod    {a.runpod}\nlogs      {run_dir}\n"
-              f"try: facegen --gateway {a.gateway} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
+              f"s3        {a.s3}\nrunpod    {a.runpod}\n{secured}logs      {run_dir}\n"
+              f"try: facegen --gateway {a.gateway}{connect} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
               flush=True)
         try:
             while all(service.running for service in stack.services.values()):
@@ -107,13 +112,16 @@ def main() -> int:
     serve.add_argument("--gateways", type=int, default=1,
                        help="gateway replicas; more than one share a Redis job store (default: 1)")
     serve.add_argument("--redis", action="store_true", help="a Redis job store even for one gateway")
+    serve.add_argument("--tls", action="store_true",
+                       help="TLS on every gRPC hop with a CA made at start (in <run dir>/tls); mTLS to the "
+                            "generator and the swapper")
     args = parser.parse_args()
     if args.command == "up" and args.gateways < 1:
         parser.error("--gateways must be at least 1")
     try:
         if args.command == "demo":
             return demo(args.out)
-        return up(args.run_dir or _run_dir(), args.gateways, args.redis)
+        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.tls)
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1
