@@ -73,7 +73,9 @@ try {
     const how = image.faceSwapMethod === FaceSwapMethod.NONE
       ? `no face swap (${FallbackReason[image.fallbackReason].toLowerCase()}): ${image.fallbackMessage}`
       : `face swap: ${FaceSwapMethod[image.faceSwapMethod].toLowerCase()}`;
-    console.log(`image ${image.index} ${image.width}x${image.height} ${how}\n  ${image.url}`);
+    // Set when the swapper's identity check measured the result (FACE_SWAP_VERIFY=identity).
+    const identity = image.identityDistance === undefined ? "" : ` (identity distance ${image.identityDistance.toFixed(2)})`;
+    console.log(`image ${image.index} ${image.width}x${image.height} ${how}${identity}\n  ${image.url}`);
   }
   process.exitCode = result.state === JobState.COMPLETED ? 0 : 1;
 } catch (error) {
