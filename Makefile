@@ -17,11 +17,12 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: venv worker-venv models redis-server node-client
 
-# The services' dependencies, the local stack's (extra `local`) and the tests' and tools' (`dev`).
+# The services' dependencies, the local stack's (extra `local`), the tests' and tools' (`dev`) and the
+# swapper's identity check's (`identity`: dlib, which the tests exercise).
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,local]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,local,identity]'
 	touch $@
 
 # The face-swap worker has its own environment: mediapipe 0.10.x needs

@@ -23,8 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 class GatewayProcess:
     """One gateway replica in its own process, its log in ``log_path``."""
 
-    def __init__(self, name: str, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, log_dir: Path, env: dict[str, str],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.name = name
+        # For a gateway that serves TLS (GATEWAY_TLS_*): how this test's own channel connects.
+        self.credentials = credentials
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -39,7 +42,9 @@ class GatewayProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.gateway", cwd=ROOT, env=self.env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.channel = grpc.aio.insecure_channel(self.address, options=message_size_options(MAX_MESSAGE_BYTES))
+        options = message_size_options(MAX_MESSAGE_BYTES)
+        self.channel = (grpc.aio.secure_channel(self.address, self.credentials, options=options)
+                        if self.credentials is not None else grpc.aio.insecure_channel(self.address, options=options))
         try:
             await wait_until_serving(self.channel, within_s)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facegen.v1 import common_pb2, gateway_pb2
 from services.cli.progress import ProgressView, describe_result, event_json
-from services.client import FacegenClient, GatewayError, JobStream, RetryPolicy, job_request
+from services.client import FacegenClient, GatewayError, JobStream, RetryPolicy, job_request, tls_credentials
 from services.common.images import EXTENSION_BY_MIME
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED, EXIT_FALLBACK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5
@@ -40,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="gateway address (env FACEGEN_GATEWAY)")
     parser.add_argument("--token", default=os.environ.get("FACEGEN_TOKEN"),
                         help="bearer token, when the gateway requires one (env FACEGEN_TOKEN)")
+    tls = parser.add_argument_group("TLS", "any of these turns TLS on")
+    tls.add_argument("--tls", action="store_true", default=_env_flag("FACEGEN_TLS"),
+                     help="TLS with the system's root certificates (env FACEGEN_TLS=1)")
+    tls.add_argument("--tls-ca", type=Path, default=_env_path("FACEGEN_TLS_CA"), metavar="FILE",
+                     help="CA that signs the gateway's certificate, PEM (env FACEGEN_TLS_CA)")
+    tls.add_argument("--tls-cert", type=Path, default=_env_path("FACEGEN_TLS_CERT"), metavar="FILE",
+                     help="client certificate, PEM, for a gateway that requires one (env FACEGEN_TLS_CERT)")
+    tls.add_argument("--tls-key", type=Path, default=_env_path("FACEGEN_TLS_KEY"), metavar="FILE",
+                     help="its private key, PEM (env FACEGEN_TLS_KEY)")
+    tls.add_argument("--tls-server-name", default=os.environ.get("FACEGEN_TLS_SERVER_NAME"), metavar="NAME",
+                     help="the name the gateway's certificate must carry, when it is not the address's host "
+                          "(e.g. through kubectl port-forward; env FACEGEN_TLS_SERVER_NAME)")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
     parser.add_argument("--retry-for", type=float, default=RetryPolicy.give_up_after, metavar="SECONDS",
                         help="how long to keep re-trying (re-attaching to a job) while the gateway is "
@@ -60,8 +73,29 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).add_argument("job_id")
     commands.add_parser("models", help="list the generator's models")
     commands.add_parser("health", help="check that the gateway is serving")
-    commands.add_parser("doctor", help="check storage and the RunPod endpoint with a real swap")
+    doctor = commands.add_parser("doctor", help="check storage and the RunPod endpoint with a real swap")
+    doctor.add_argument("--reference", type=Path, help="face photo for the test swap (default: the local "
+                        "stack's sample, when the `local` extra is installed)")
+    doctor.add_argument("--target", type=Path, help="photo to swap the face onto (default: the stack's sample)")
     return parser
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
+def client_tls(args: argparse.Namespace) -> tuple[bool | grpc.ChannelCredentials, list[tuple[str, str]]]:
+    """The client's ``tls`` and channel options from the TLS arguments (ValueError for an unusable file)."""
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key,
+                               names=("--tls-cert", "--tls-key", "--tls-ca")), options
+    return bool(args.tls or options), options
 
 
 def _job_arguments(job: argparse.ArgumentParser) -> None:
@@ -181,11 +215,28 @@ def _stream(stream: JobStream, args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Dispatches one parsed command; returns the exit code."""
     if args.command == "doctor":
-        from services.swapper.doctor import main as doctor_main
-
-        return int(doctor_main())
-    with FacegenClient(args.gateway, token=args.token, policy=RetryPolicy(give_up_after=args.retry_for)) as client:
+        return _doctor(args.reference, args.target)
+    tls, options = client_tls(args)
+    with FacegenClient(args.gateway, token=args.token, tls=tls, options=options,
+                       policy=RetryPolicy(give_up_after=args.retry_for)) as client:
         return _dispatch(client, args)
+
+
+def _doctor(reference: Path | None, target: Path | None) -> int:
+    """The swapper's doctor, with the given photos or the local stack's samples (else it skips the swap)."""
+    from services.swapper.doctor import main as doctor_main
+
+    with tempfile.TemporaryDirectory(prefix="facegen-doctor-") as directory:
+        if reference is None and target is None:
+            try:
+                from services.stack.samples import write_samples
+            except ImportError:  # no `local` extra: the doctor says it skips the swap
+                return int(doctor_main())
+            reference, target = write_samples(Path(directory))
+        if reference is None or target is None:
+            print("facegen doctor: give both --reference and --target, or neither", file=sys.stderr)
+            return EXIT_REJECTED
+        return int(doctor_main(["--reference", str(reference), "--target", str(target)]))
 
 
 def _dispatch(client: FacegenClient, args: argparse.Namespace) -> int:

@@ -97,6 +97,8 @@ def describe_result(result: gateway_pb2.JobResult) -> list[str]:
                if image.face_swap_method not in (common_pb2.FACE_SWAP_METHOD_NONE,
                                                  common_pb2.FACE_SWAP_METHOD_UNSPECIFIED)
                else f"no face swap ({reason_name(image.fallback_reason)}): {image.fallback_message}")
+        if image.HasField("identity_distance"):
+            how += f" (identity distance {image.identity_distance:.2f}; under 0.6 is the same person)"
         seed = f" seed {image.seed}" if image.seed >= 0 else ""
         lines.append(f"image {image.index} {image.width}x{image.height}{seed} — {how}\n  {image.url}")
     for failure in result.failures:

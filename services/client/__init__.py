@@ -20,6 +20,7 @@ for what resume covers and what it does not.
 
 from services.client.aio import AsyncFacegenClient, AsyncJobStream
 from services.client.builders import job_request, photo_bytes
+from services.client.channel import tls_credentials
 from services.client.errors import GatewayError, JobLostError
 from services.client.retry import RetryPolicy
 from services.client.sync import FacegenClient, JobStream
@@ -34,4 +35,5 @@ __all__ = [
     "RetryPolicy",
     "job_request",
     "photo_bytes",
+    "tls_credentials",
 ]

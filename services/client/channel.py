@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from services.common.config import MAX_MESSAGE_BYTES
+from services.common.tls import channel_credentials
+from services.common.tls_files import TlsFiles, check_client_files
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -50,6 +53,21 @@ def credentials(tls: bool | grpc.ChannelCredentials) -> grpc.ChannelCredentials 
     if isinstance(tls, grpc.ChannelCredentials):
         return tls
     return grpc.ssl_channel_credentials() if tls else None
+
+
+def tls_credentials(ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None,
+                    names: tuple[str, str, str] = ("cert", "key", "ca")) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM files, for ``tls=``: ``ca`` signs the gateway's certificate (None: the
+    system's roots), ``cert`` and ``key`` are a client certificate, for a gateway that requires one.
+
+    ValueError, naming the file (by ``names``: cert, key, ca), when one cannot be used.
+    """
+    def path(value: str | Path | None) -> Path | None:
+        return Path(value) if value else None
+
+    files = TlsFiles(path(cert), path(key), path(ca), variables=names)
+    check_client_files(files)
+    return channel_credentials(files) or grpc.ssl_channel_credentials()
 
 
 def auth_metadata(token: str | None) -> Metadata:

@@ -38,7 +38,8 @@ class FacegenClient:
 
     ``target``: the gateway (``host:port`` or any gRPC target naming several
     replicas). ``token``: the bearer token, when the gateway requires one.
-    ``tls``: True for TLS with the system's roots, or grpc.ChannelCredentials.
+    ``tls``: True for TLS with the system's roots, or grpc.ChannelCredentials
+    (``tls_credentials(ca=..., cert=..., key=...)`` makes them from PEM files).
     Use it as a context manager, or call ``close()``.
     """
 

@@ -131,8 +131,9 @@ async def serve(build: Callable[[], ServiceApp], name: str) -> int:
                               "tracing": settings.tracing.describe()}
     logs.event(log, f"{name}.config", logging.INFO, **config)
     port = await app.listen()
-    logs.event(log, "server.listening", service=name, address=settings.listen,
-               metrics_port=app.server.metrics_endpoint.port or "-", port=port)
+    health: dict[str, Any] = {"health_port": app.server.health_port} if app.server.health_server else {}
+    logs.event(log, "server.listening", service=name, address=settings.listen, port=port,
+               tls=settings.tls.server_mode, metrics_port=app.server.metrics_endpoint.port or "-", **health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ A Swap is never retried: the remote job it may have submitted costs money.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import grpc
@@ -44,14 +45,18 @@ SERVICE_CONFIG = json.dumps({
 })
 
 
-def internal_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+def internal_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                     credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
     """An aio channel with round_robin, retries, keepalive and message limits that fit the largest image.
 
     Calls on internal hops should pass ``wait_for_ready=True`` (ride out an
     upstream restart instead of failing at once) together with a per-call
-    ``timeout`` (so waiting never becomes hanging).
+    ``timeout`` (so waiting never becomes hanging). With ``credentials``
+    (``services.common.tls.channel_credentials``) the channel speaks TLS.
     """
-    return grpc.aio.insecure_channel(
+    open_channel = (grpc.aio.insecure_channel if credentials is None
+                    else functools.partial(grpc.aio.secure_channel, credentials=credentials))
+    return open_channel(
         target,
         options=[
             *message_size_options(max_message_bytes),

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import annotated_types
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -40,6 +48,8 @@ from pydantic_settings import (
     SettingsError,
 )
 from pydantic_settings.sources.utils import parse_env_vars
+
+from services.common.tls_files import TlsFiles, check_server_files
 
 MiB = 1024 * 1024
 
@@ -188,12 +198,39 @@ class ServerSettings(EnvSettings):
     metrics_listen: str | None = None
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
-    @field_validator("metrics_listen")
+    # TLS (services/common/tls.py): a certificate and its key serve TLS; a CA as well requires
+    # every client to present a certificate it signed (mTLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # A second port, plaintext, that serves grpc.health.v1 only: for probes that cannot speak TLS
+    # (Kubernetes' built-in gRPC probes). Unset: none.
+    health_listen: str | None = None
+
+    @field_validator("metrics_listen", "health_listen")
     @classmethod
     def _host_and_port(cls, listen: str | None) -> str | None:
         if listen is not None and not _LISTEN.match(listen.strip()):
             raise ValueError("is not host:port (e.g. 0.0.0.0:9464)")
         return listen.strip() if listen is not None else None
+
+    @property
+    def tls(self) -> TlsFiles:
+        """The server's TLS files, with the variables that name them."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file,
+                        variables=tls_variables(type(self), "tls_"))
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> Self:
+        check_server_files(self.tls)
+        return self
+
+
+def tls_variables(cls: type[EnvSettings], prefix: str) -> tuple[str, str, str]:
+    """The variables of a class's ``<prefix>cert_file``, ``<prefix>key_file`` and ``<prefix>ca_file`` fields."""
+    cert, key, ca = (_variables(cls, f"{prefix}{part}_file", cls.model_fields[f"{prefix}{part}_file"])[0]
+                     for part in ("cert", "key", "ca"))
+    return cert, key, ca
 
 
 # --- reading the environment ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Checking untrusted image bytes before anything else touches them.
 
 Every image that enters the system (reference faces, target photos, results
-returned by a face-swap worker) goes through ``inspect_image``: the format is
+returned by a face-swap worker) goes through ``inspect_image`` (or
+``decode_image``, which hands over the decoded picture as well): the format is
 one we accept, the byte size, side lengths and pixel count are within limits
 (``services/common/image_limits.py``, the one table of the whole system)
 (checked from the header, before decoding, so a decompression bomb is refused
@@ -27,8 +28,8 @@ MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 EXTENSION_BY_MIME = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
-__all__ = ["EXTENSION_BY_MIME", "MIME_BY_FORMAT", "ImageInfo", "ImageLimits", "inspect_image", "sanitize",
-           "sniff_mime"]
+__all__ = ["EXTENSION_BY_MIME", "MIME_BY_FORMAT", "ImageInfo", "ImageLimits", "decode_image", "inspect_image",
+           "sanitize", "sniff_mime"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -
 
     Raises InvalidInput naming ``field`` and the rule that was broken.
     """
+    info, image = decode_image(data, field, limits)
+    image.close()
+    return info
+
+
+def decode_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -> tuple[ImageInfo, Image.Image]:
+    """``inspect_image``'s checks, handing over the decoded picture too (for callers that look at the pixels
+    without decoding them a second time; the caller closes it)."""
     if not data:
         raise InvalidInput(f"{field} is empty")
     if len(data) > limits.max_bytes:
@@ -66,27 +75,36 @@ def inspect_image(data: bytes, field: str, limits: ImageLimits = CALLER_PHOTO) -
             f"{field} is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes")
     if sniff_mime(data) is None:
         raise InvalidInput(f"{field} is not a JPEG, PNG or WebP image")
+    image: Image.Image | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
-                multi_picture = image.format in _FORMAT_ALIASES
-                width, height = image.size
-                _check_dimensions(field, width, height, limits)
-                image.load()
+            image = Image.open(io.BytesIO(data))
+            fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+            multi_picture = image.format in _FORMAT_ALIASES
+            width, height = image.size
+            _check_dimensions(field, width, height, limits)
+            image.load()
+            if fmt not in MIME_BY_FORMAT:
+                raise InvalidInput(f"{field} is {fmt or 'an unknown format'}; allowed: JPEG, PNG, WebP")
     except InvalidInput:
+        _close(image)
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        _close(image)
         raise InvalidInput(
             f"{field} decompresses to too many pixels; the limit is "
             f"{limits.max_pixels:,} pixels") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+        _close(image)
         raise InvalidInput(f"{field} is truncated or corrupt and cannot be decoded") from None
-    if fmt not in MIME_BY_FORMAT:
-        raise InvalidInput(f"{field} is {fmt or 'an unknown format'}; allowed: JPEG, PNG, WebP")
-    return ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height,
-                     multi_picture=multi_picture)
+    info = ImageInfo(format=fmt, mime=MIME_BY_FORMAT[fmt], width=width, height=height, multi_picture=multi_picture)
+    return info, image
+
+
+def _close(image: Image.Image | None) -> None:
+    if image is not None:
+        image.close()
 
 
 def _check_dimensions(field: str, width: int, height: int, limits: ImageLimits) -> None:

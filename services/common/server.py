@@ -7,6 +7,10 @@ ready, NOT_SERVING again as soon as shutdown starts), server reflection (v1 and 
 message size limits that fit the largest allowed image, and a graceful stop
 that lets in-flight streams drain for a grace period. ``services.common.app``
 runs it for each service.
+
+With TLS files set (``services.common.tls``) the port serves TLS, or mTLS with
+a CA. ``health_listen`` adds a plaintext port that serves the same health
+status and nothing else, for probes that cannot present a client certificate.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from services.common.interceptor import ErrorMappingInterceptor
 from services.common.metrics import MetricsEndpoint, ServiceMetrics
 from services.common.observe import ObservingInterceptor
 from services.common.reflection import enable_reflection
+from services.common.tls import server_credentials
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 MAX_CONNECTION_AGE_MS = 300_000
@@ -66,16 +71,33 @@ class ServiceServer:
             (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
             self.server)
         self.port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
 
     async def start(self) -> int:
-        """Binds the listen address, starts serving (health NOT_SERVING), returns the port."""
+        """Binds the listen address (TLS when configured), starts serving (health NOT_SERVING), returns the port."""
         await self.set_serving(False)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        credentials = server_credentials(self.settings.tls)
+        self.port = (self.server.add_secure_port(self.settings.listen, credentials) if credentials is not None
+                     else self.server.add_insecure_port(self.settings.listen))
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
+        if self.settings.health_listen:
+            self.health_port = await self._start_health_server(self.settings.health_listen)
         await self.server.start()
         self.metrics_endpoint.start()
         return self.port
+
+    async def _start_health_server(self, listen: str) -> int:
+        """A plaintext server on ``listen`` with the same health servicer and nothing else."""
+        self.health_server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()],
+                                             options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        port = self.health_server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} (the health port)")
+        await self.health_server.start()
+        return port
 
     async def set_serving(self, serving: bool) -> None:
         """Reports the overall and per-service health status."""
@@ -87,5 +109,7 @@ class ServiceServer:
         """Reports NOT_SERVING, refuses new calls, and lets in-flight calls drain for ``grace`` s."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         # Last: the final counts stay readable while calls drain.
         await asyncio.to_thread(self.metrics_endpoint.stop)

@@ -3,7 +3,8 @@
 Identity is dlib's ResNet face descriptor (128 numbers per face; the models ship in the
 ``face-recognition-models`` package, dlib itself in ``dlib-bin``): two faces whose descriptors lie
 less than :data:`SAME_PERSON` apart are the same person by dlib's own threshold (99.38 % on LFW).
-The question a swap must answer yes to is ``distance(reference, result) < SAME_PERSON``.
+The question a swap must answer yes to is ``distance(reference, result) < SAME_PERSON``. That part
+lives in ``services/identity`` (this module re-exports it), which the swapper's identity check uses too.
 
 dlib and its models load only when :class:`IdentityMetric` is built; the pixel measures need
 numpy and OpenCV alone.
@@ -11,100 +12,14 @@ numpy and OpenCV alone.
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-SAME_PERSON = 0.6  # dlib's threshold on the descriptor distance
+# The identity part is shared with the swapper's identity check (FACE_SWAP_VERIFY=identity).
+from services.identity import SAME_PERSON, descriptor_distance
+from services.identity.descriptor import FaceBox, IdentityMetric
 
-
-@dataclass(frozen=True)
-class FaceBox:
-    """A face rectangle in pixels (x, y, width, height) and the detector's score (None: given, not found)."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    score: float | None = None
-
-    @property
-    def area(self) -> int:
-        return self.width * self.height
-
-    @classmethod
-    def around(cls, box: tuple[float, float, float, float]) -> FaceBox:
-        """A box from another detector's (x, y, w, h), as integers."""
-        x, y, w, h = box
-        return cls(round(x), round(y), max(1, round(w)), max(1, round(h)))
-
-
-class IdentityMetric:
-    """dlib's face detector, 5-point landmarks and ResNet descriptor, loaded once (thread-safe).
-
-    The 5-point landmark model aligns the face for the descriptor, as in dlib's own face
-    recognition example; the 68-point model of the same package is trained on iBUG 300-W, whose
-    licence excludes commercial use.
-    """
-
-    def __init__(self, upsample: int = 1) -> None:
-        import dlib
-        import face_recognition_models as models
-
-        self._dlib = dlib
-        self._lock = threading.Lock()
-        self._upsample = upsample
-        self._detector = dlib.get_frontal_face_detector()
-        self._landmarks = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
-        self._encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())
-
-    def faces(self, rgb: np.ndarray) -> list[FaceBox]:
-        """Frontal faces dlib finds (HOG), largest first; confident ones (score > 0) before the rest.
-
-        Faces under ~40 px across are found by upsampling the image once more.
-        """
-        image = np.ascontiguousarray(rgb)
-        with self._lock:
-            rects, scores, _ = self._detector.run(image, self._upsample, -0.2)
-            if not rects:
-                rects, scores, _ = self._detector.run(image, self._upsample + 1, -0.2)
-        found = [
-            FaceBox(r.left(), r.top(), r.width(), r.height(), float(s)) for r, s in zip(rects, scores, strict=True)
-        ]
-        return sorted(found, key=lambda f: (f.score is not None and f.score <= 0, -f.area))
-
-    def descriptor(self, rgb: np.ndarray, box: FaceBox | None = None) -> np.ndarray | None:
-        """The 128-d descriptor of the face in ``box``, or of the largest face dlib finds; None if none.
-
-        Pass ``box`` to measure a face dlib's frontal detector misses (a profile) or to measure the
-        same place in two images (a target and its swapped result).
-        """
-        if box is None:
-            faces = self.faces(rgb)
-            if not faces:
-                return None
-            box = faces[0]
-        image = np.ascontiguousarray(rgb)
-        rect = self._dlib.rectangle(box.x, box.y, box.x + box.width - 1, box.y + box.height - 1)
-        with self._lock:
-            shape = self._landmarks(image, rect)
-            vector = self._encoder.compute_face_descriptor(image, shape, 1)
-        return np.asarray(vector, dtype=np.float64)
-
-    def distance(self, a: np.ndarray, b: np.ndarray, box_a: FaceBox | None = None,
-                 box_b: FaceBox | None = None) -> float | None:
-        """Descriptor distance between the faces of two images (None when a face is missing)."""
-        da, db = self.descriptor(a, box_a), self.descriptor(b, box_b)
-        if da is None or db is None:
-            return None
-        return descriptor_distance(da, db)
-
-
-def descriptor_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Euclidean distance between two descriptors; under :data:`SAME_PERSON` is the same person."""
-    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+__all__ = ["SAME_PERSON", "FaceBox", "IdentityMetric", "descriptor_distance", "outside_change", "seam_delta_e"]
 
 
 def outside_change(target: np.ndarray, result: np.ndarray, face_mask: np.ndarray) -> int:

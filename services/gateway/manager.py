@@ -23,6 +23,7 @@ from services.common import logs, tracing
 from services.common.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from services.common.model_limits import check_lora, find_model, settle
 from services.gateway.admission import AdmissionLimits
+from services.gateway.auth import caller_var
 from services.gateway.dispatcher import SHUTDOWN_MESSAGE, Dispatcher
 from services.gateway.memory_store import InMemoryJobStore
 from services.gateway.metrics import GatewayMetrics
@@ -125,7 +126,7 @@ class JobManager:
             return _same_request(key, digest, *(existing or (created.job_id, digest))), False
         self.metrics.jobs_submitted.labels(mode=spec.mode).inc()
         with logs.job_context(job_id):
-            logs.event(log, "job.submitted", **spec.summary)
+            logs.event(log, "job.submitted", caller=caller_var.get(), **spec.summary)
         if self._shared:
             # Stored and queued already: if this claim fails, a claim loop takes the job later.
             with contextlib.suppress(StoreUnavailable):

@@ -18,9 +18,12 @@ def image_result(index: int, seed: int, result: swapper_pb2.SwapResult) -> gatew
 
 
 def result_message(index: int, result: swapper_pb2.SwapResult) -> str:
-    """``image 0 ready (face swapped by external_api)``, or the fallback and why."""
+    """``image 0 ready (face swapped by external_api)`` (with the identity distance when the swapper measured
+    it), or the fallback and why (``swap_not_like_reference``'s message names the distance)."""
     if result.method == common_pb2.FACE_SWAP_METHOD_NONE:
         reason = reason_name(result.fallback_reason)
         detail = f": {result.fallback_message}" if result.fallback_message else ""
         return f"image {index} ready without face swap ({reason}{detail})"
-    return f"image {index} ready (face swapped by {method_name(result.method)})"
+    identity = (f", identity distance {result.identity_distance:.2f}" if result.HasField("identity_distance")
+                else "")
+    return f"image {index} ready (face swapped by {method_name(result.method)}{identity})"

@@ -44,6 +44,7 @@ from services.gateway.redis_codec import (
 )
 from services.gateway.redis_live import RESYNC, LiveEvents
 from services.gateway.redis_scripts import Scripts
+from services.gateway.redis_writer import ScriptWriter
 from services.gateway.store import (
     TERMINAL_STATES,
     CancelListener,
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 
 # A job that never ends (every gateway gone for good) is dropped after a day.
 UNFINISHED_TTL_SECONDS = 86_400
-HEALTH_POLL_SECONDS = 0.5
+HEALTH_POLL_SECONDS = 1.0
 # How long a watcher waits for a live event before checking the Stream itself.
 WATCH_CHECK_SECONDS = 5.0
 # Writes of one job sent in one round trip.
@@ -72,8 +73,9 @@ STORED_EVENT, LIVE_EVENT, LIVE_CHANNEL = 3, 4, 11
 class _Outbox:
     """The unwritten events of one lease, in order."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, writer: ScriptWriter) -> None:
         self.items: deque[tuple[list[Any], list[Any]]] = deque()
+        self.writer = writer
         self.limit = limit
         self.changed = asyncio.Event()
         self.lost = False
@@ -258,7 +260,7 @@ class RedisJobStore(JobStore):
         flat = answer[2]
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         lease = lease_from_fields(job_id, owner, (answer[1] or b"").decode(), fields)
-        box = self._outboxes[job_id] = _Outbox(self._max_events)
+        box = self._outboxes[job_id] = _Outbox(self._max_events, ScriptWriter(self._redis, self._scripts.append))
         box.flusher = asyncio.create_task(self._flush(lease, box), name=f"flush-{job_id}")
         await self._live.run_here(self._keys.live(job_id))
         return lease
@@ -361,10 +363,9 @@ class RedisJobStore(JobStore):
         box.writing = True
         try:
             while box.items and not box.lost:
-                batch = [(self._scripts.append, *box.items[index])
-                         for index in range(min(FLUSH_BATCH, len(box.items)))]
+                batch = [box.items[index] for index in range(min(FLUSH_BATCH, len(box.items)))]
                 try:
-                    answers = await self._run_scripts(batch)
+                    answers = await box.writer.run(batch)
                     outage = next((answer for answer in answers if is_outage(answer)), None)
                     if outage is not None:
                         raise StoreUnavailable(f"Redis refused the write: {outage}")
@@ -429,20 +430,26 @@ class RedisJobStore(JobStore):
 
     async def _lost(self, job_id: str) -> None:
         """This gateway no longer runs the job: its watchers here follow it through Redis."""
-        self._drop_outbox(job_id)
+        await self._drop_outbox(job_id)
         await self._live.run_elsewhere(self._keys.live(job_id))
 
     async def finish(self, lease: Lease) -> None:
-        self._drop_outbox(lease.job_id)
+        await self._drop_outbox(lease.job_id)
         async with _reaching_redis():
             await self._forget(lease.job_id)
             if lease.spec.idempotency_key:
                 await self._redis.expire(self._keys.idempotency(lease.spec.idempotency_key), self._ttl)
 
-    def _drop_outbox(self, job_id: str) -> None:
+    async def _drop_outbox(self, job_id: str) -> None:
         box = self._outboxes.pop(job_id, None)
-        if box is not None and box.flusher is not None and not box.flusher.done():
+        if box is None:
+            return
+        if box.flusher is not None and not box.flusher.done():
             box.flusher.cancel()
+        if box.writing:
+            await box.writer.close()
+        else:
+            await box.writer.release()
 
     # -- reading and cancelling ----------------------------------------------------------------
 

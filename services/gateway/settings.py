@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import LogLevel, Lowercase, ServerSettings
+from services.common.config import LogLevel, Lowercase, ServerSettings, tls_variables
 from services.common.redis import RedisSettings
+from services.common.tls_files import TlsFiles, check_client_files
 
 
 def default_instance() -> str:
@@ -43,8 +45,17 @@ class Settings(ServerSettings):
     upload_timeout_seconds: float = Field(60.0, ge=0.1)
     # How long a call waits for an upstream that is not connected before failing UNAVAILABLE.
     connect_timeout_seconds: float = Field(5.0, ge=0.1, validation_alias="GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS")
-    # When set, callers must send ``authorization: Bearer <token>``.
+    # Named bearer tokens, one ``name: token`` per line, re-read when the file changes (services/gateway/auth.py).
+    tokens_file: Path | None = None
+    # The older form: one token (caller "default"), read once. Callers send ``authorization: Bearer <token>``.
     auth_token: SecretStr | None = None
+    # How often the tokens file and the upstream client certificate are looked at for changes.
+    reload_seconds: float = Field(5.0, ge=0.05, le=3600.0)
+    # TLS towards the generator and the swapper: the client certificate and key the gateway presents
+    # (required by upstreams that have a CA set), and the CA that signs their server certificates.
+    upstream_tls_cert_file: Path | None = None
+    upstream_tls_key_file: Path | None = None
+    upstream_tls_ca_file: Path | None = None
     # Where jobs live: this process ("memory") or a Redis shared by every replica ("redis").
     store: Annotated[Literal["memory", "redis"], Lowercase] = "memory"
     redis: RedisSettings | None = None
@@ -63,7 +74,17 @@ class Settings(ServerSettings):
                 f"GATEWAY_MAX_QUEUED_JOBS = {active}, or active jobs could not be stored")
         if self.store == "redis" and self.redis is None:
             raise ValueError("GATEWAY_STORE=redis needs REDIS_URL (redis://host:port/db or rediss://...)")
+        if self.tokens_file is not None and self.auth_token is not None:
+            raise ValueError("GATEWAY_TOKENS_FILE and GATEWAY_AUTH_TOKEN (or GATEWAY_AUTH_TOKEN_FILE) are both set: "
+                             "use one (the tokens file holds any number of named tokens)")
+        check_client_files(self.upstream_tls)
         return self
+
+    @property
+    def upstream_tls(self) -> TlsFiles:
+        """The files of the gateway's channels to the generator and the swapper."""
+        return TlsFiles(self.upstream_tls_cert_file, self.upstream_tls_key_file, self.upstream_tls_ca_file,
+                        variables=tls_variables(type(self), "upstream_tls_"))
 
     @property
     def swap_remote_deadline_ms(self) -> int:

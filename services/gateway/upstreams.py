@@ -10,6 +10,7 @@ name the upstream, so a job's FAILED event says what went wrong where.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncGenerator
@@ -25,6 +26,7 @@ from facegen.v1 import (
     swapper_pb2,
     swapper_pb2_grpc,
 )
+from services.common import logs, tls
 from services.common.channel import internal_channel
 from services.common.errors import (
     DeadlineExceeded,
@@ -37,7 +39,11 @@ from services.common.errors import (
 )
 from services.common.metrics import GrpcClientMetrics
 from services.common.observe import ClientObserver
+from services.common.tls_files import ChangedWhileRead
+from services.common.watched_files import WatchedFiles
 from services.gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 GENERATOR = "generator"
 SWAPPER = "swapper"
@@ -69,6 +75,15 @@ _SAME_CODE: dict[grpc.StatusCode, type[FacegenError]] = {
 }
 
 
+async def _close_channels(channels: tuple[grpc.aio.Channel, ...], grace: float) -> None:
+    """Closes ``channels`` once their calls end, cancelling what still runs after ``grace`` seconds."""
+    try:
+        await asyncio.gather(*(channel.close(grace) for channel in channels))
+    except asyncio.CancelledError:
+        await asyncio.gather(*(channel.close() for channel in channels))
+        raise
+
+
 class UpstreamFailed(FacegenError):
     """An upstream failed in a way it does not explain to callers (INTERNAL, UNKNOWN, ...)."""
 
@@ -95,19 +110,55 @@ def translate(exc: grpc.aio.AioRpcError, upstream: str, timeout: float, started:
 
 
 class Upstreams:
-    """Channels and stubs for the generator and the swapper."""
+    """Channels and stubs for the generator and the swapper (TLS with ``GATEWAY_UPSTREAM_TLS_*``)."""
 
     def __init__(self, settings: Settings, metrics: GrpcClientMetrics | None = None) -> None:
         self._settings = settings
         self._observer = ClientObserver(metrics or GrpcClientMetrics(CollectorRegistry()))
-        limit = settings.max_message_bytes
-        self._generator_channel = internal_channel(settings.generator_address, limit)
-        self._swapper_channel = internal_channel(settings.swapper_address, limit)
+        tls_files = settings.upstream_tls
+        self._certificates = WatchedFiles(*tls_files.paths) if tls_files.enabled else None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._open(tls.channel_credentials(tls_files))
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        limit = self._settings.max_message_bytes
+        self._generator_channel = internal_channel(self._settings.generator_address, limit, credentials)
+        self._swapper_channel = internal_channel(self._settings.swapper_address, limit, credentials)
         self._generator = generator_pb2_grpc.GeneratorServiceStub(self._generator_channel)
         self._swapper = swapper_pb2_grpc.SwapperServiceStub(self._swapper_channel)
 
+    async def reload_tls(self) -> bool:
+        """New channels when the client certificate's files changed; True when they were replaced.
+
+        Calls already made go on, on the old channels, which close once those
+        calls end (at most the longest call deadline). Files that do not load
+        keep the channels as they are, with one ERROR line.
+        """
+        if self._certificates is None or not await asyncio.to_thread(self._certificates.changed):
+            return False
+        try:
+            credentials = await asyncio.to_thread(tls.channel_credentials, self._settings.upstream_tls)
+        except ChangedWhileRead:
+            self._certificates.forget()
+            return False
+        except ValueError as exc:
+            logs.event(log, "gateway.upstream_tls_rejected", logging.ERROR, error=exc, kept="the previous certificate")
+            return False
+        old = (self._generator_channel, self._swapper_channel)
+        self._open(credentials)
+        settings = self._settings
+        grace = max(settings.generate_timeout_seconds, settings.swap_timeout_seconds, settings.upload_timeout_seconds)
+        retiring = asyncio.create_task(_close_channels(old, grace), name="gateway-retire-channels")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        logs.event(log, "gateway.upstream_tls_reloaded", cert=settings.upstream_tls_cert_file or "-")
+        return True
+
     async def close(self) -> None:
-        """Closes both channels (in-flight calls are cancelled)."""
+        """Closes the channels (in-flight calls are cancelled), those being retired included."""
+        for retiring in list(self._retiring):
+            retiring.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._generator_channel.close()
         await self._swapper_channel.close()
 

@@ -1,4 +1,5 @@
-"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running.
+"""`python -m services.stack demo` runs two real jobs; `python -m services.stack up` keeps the stack running
+(`up --tls`: with TLS on every gRPC hop).
 
 Ctrl-C, SIGTERM (docker stop, systemd, CI) and SIGHUP (the terminal closed)
 all stop every process the stack started. The services run in their own
@@ -56,18 +57,23 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up(run_dir: Path, gateways: int, shared_store: bool, otlp_endpoint: str = "") -> int:
+def up(run_dir: Path, gateways: int, shared_store: bool, tls: bool = False, otlp_endpoint: str = "") -> int:
     """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
-    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, otlp_endpoint=otlp_endpoint) as stack:
+    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, tls=tls,
+                    otlp_endpoint=otlp_endpoint) as stack:
         assert stack.addresses is not None
         a = stack.addresses
         replicas = "".join(f"gateway   {address}\n" for address in a.gateways)
         store = f"redis     {a.redis} (the gateways' job store)\n" if a.redis else ""
         metrics = "".join(f"metrics   {url} ({name})\n" for name, url in a.metrics.items())
         traces = f"traces    sent to {otlp_endpoint}\n" if otlp_endpoint else ""
+        certs = stack.certificates
+        secured = (f"tls       CA {certs.ca} (every gRPC hop; the generator and swapper take only the gateway's "
+                   f"client certificate)\n" if certs else "")
+        connect = f" --tls-ca {certs.ca}" if certs else ""
         print(f"{replicas}{store}generator {a.generator}\nswapper   {a.swapper}\n"
-              f"s3        {a.s3}\nrunpod    {a.runpod}\n{metrics}{traces}logs      {run_dir}\n"
-              f"try: facegen --gateway {a.gateway} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
+              f"s3        {a.s3}\nrunpod    {a.runpod}\n{metrics}{traces}{secured}logs      {run_dir}\n"
+              f"try: facegen --gateway {a.gateway}{connect} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
               flush=True)
         try:
             while all(service.running for service in stack.services.values()):
@@ -111,13 +117,16 @@ def main() -> int:
     serve.add_argument("--redis", action="store_true", help="a Redis job store even for one gateway")
     serve.add_argument("--otlp-endpoint", default="", metavar="URL",
                        help="send every service's spans there (OTLP over gRPC, e.g. http://127.0.0.1:4317)")
+    serve.add_argument("--tls", action="store_true",
+                       help="TLS on every gRPC hop with a CA made at start (in <run dir>/tls); mTLS to the "
+                            "generator and the swapper")
     args = parser.parse_args()
     if args.command == "up" and args.gateways < 1:
         parser.error("--gateways must be at least 1")
     try:
         if args.command == "demo":
             return demo(args.out)
-        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.otlp_endpoint)
+        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.tls, args.otlp_endpoint)
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1

@@ -7,9 +7,14 @@ Each runs as its own process on a free loopback port, wired together by
 environment settings exactly as a deployment would wire them, with its log in
 ``<run dir>/<name>.log`` and its Prometheus metrics on a port of its own
 (``StackAddresses.metrics``). Given an OTLP endpoint, every service exports
-its spans there. ``LocalStack`` waits for every health check, and
-on exit, Ctrl-C or a failed start stops everything in reverse order (SIGTERM
-to the process group, SIGKILL after a grace period), leaving no process behind.
+its spans there. With ``tls=True`` every gRPC hop uses TLS with a
+throwaway CA made at start (``<run dir>/tls/``, ``services.stack.certs``): the
+generator and the swapper require the gateway's client certificate, the
+gateway serves TLS to clients, and each service's readiness is read from a
+plaintext health port, as Kubernetes' probes read it in the ``tls`` overlay.
+``LocalStack`` waits for every health check, and on exit, Ctrl-C or a failed
+start stops everything in reverse order (SIGTERM to the process group, SIGKILL
+after a grace period), leaving no process behind.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import redis
 import requests
 
 from services.common.health import is_serving
+from services.stack.certs import StackCertificates, make_stack_certificates
 from services.stack.s3_server import STATS_PATH as S3_STATS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -156,6 +162,8 @@ class StackAddresses:
     redis: str = ""
     # Service (gateway replicas by name, "runpod" for the endpoint) -> URL of its Prometheus metrics.
     metrics: dict[str, str] = field(default_factory=dict)
+    # With TLS: each gRPC service's plaintext health port (name -> host:port).
+    health: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,9 +176,12 @@ class LocalStack:
     # Gateway replicas; more than one share a Redis job store (and so does one with ``shared_store``).
     gateways: int = 1
     shared_store: bool = False
+    # TLS on every gRPC hop, mTLS to the generator and the swapper, with a CA made at start.
+    tls: bool = False
     api_key: str = field(default_factory=lambda: "rpa_local_" + secrets.token_hex(16))
     # Where every service sends its spans (OTLP over gRPC, e.g. http://127.0.0.1:4317); "": no tracing.
     otlp_endpoint: str = ""
+    certificates: StackCertificates | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     addresses: StackAddresses | None = None
 
@@ -190,11 +201,15 @@ class LocalStack:
         ports = {name: free_port() for name in [*names, "redis", *(f"{name}-metrics" for name in grpc_services)]}
         gateways = [f"127.0.0.1:{ports[name]}" for name in self.gateway_names]
         metrics = {name: f"http://127.0.0.1:{ports[name + '-metrics']}/metrics" for name in grpc_services}
+        if self.tls:
+            self.certificates = make_stack_certificates(self.run_dir / "tls")
+        health = {name: f"127.0.0.1:{free_port()}" for name in grpc_services} \
+            if self.tls else {}
         self.addresses = StackAddresses(
             s3=f"http://127.0.0.1:{ports['s3']}", runpod=f"http://127.0.0.1:{ports['runpod']}/v2",
             generator=f"127.0.0.1:{ports['generator']}", swapper=f"127.0.0.1:{ports['swapper']}",
             gateway=gateways[0], gateways=gateways,
-            redis=f"redis://127.0.0.1:{ports['redis']}/0" if self.uses_redis else "",
+            redis=f"redis://127.0.0.1:{ports['redis']}/0" if self.uses_redis else "", health=health,
             metrics={**metrics, "runpod": f"http://127.0.0.1:{ports['runpod']}/metrics"})
         specs = self._specs(self.addresses, ports)
         try:
@@ -276,26 +291,48 @@ class LocalStack:
                            {**common, "FACESWAP_ENDPOINT_API_KEY": self.api_key},
                            lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
             ServiceProcess("generator", [python, "-m", "services.generator"],
-                           {**common, **self._observed("generator", a), "GENERATOR_LISTEN": a.generator},
-                           lambda: is_serving(a.generator), start_timeout=300),
+                           {**common, **self._observed("generator", a), **self.tls_env("generator"),
+                            "GENERATOR_LISTEN": a.generator},
+                           self._ready("generator", a.generator), start_timeout=300),
             ServiceProcess("swapper", [python, "-m", "services.swapper"],
-                           {**common, **self._observed("swapper", a), **self.swapper_env(),
+                           {**common, **self._observed("swapper", a), **self.swapper_env(), **self.tls_env("swapper"),
                             "SWAPPER_LISTEN": a.swapper},
-                           lambda: is_serving(a.swapper)),
-            *(self._gateway_spec(name, address, a, {**common, **self._observed(name, a)})
+                           self._ready("swapper", a.swapper)),
+            *(self._gateway_spec(name, address, a, {**common, **self._observed(name, a), **self.tls_env(name)})
               for name, address in zip(self.gateway_names, a.gateways, strict=True)),
         ]
         if a.redis:
             specs.append(self._redis_spec(a.redis, ports["redis"]))
         return {spec.name: spec for spec in specs}
 
-    @staticmethod
-    def _gateway_spec(name: str, address: str, a: StackAddresses, common: dict[str, str]) -> ServiceProcess:
+    def _gateway_spec(self, name: str, address: str, a: StackAddresses, common: dict[str, str]) -> ServiceProcess:
         env = {**common, "GATEWAY_LISTEN": address, "GENERATOR_ADDRESS": a.generator, "SWAPPER_ADDRESS": a.swapper,
                "GATEWAY_INSTANCE": name}
         if a.redis:
             env.update({"GATEWAY_STORE": "redis", "REDIS_URL": a.redis})
-        return ServiceProcess(name, [sys.executable, "-m", "services.gateway"], env, lambda: is_serving(address))
+        return ServiceProcess(name, [sys.executable, "-m", "services.gateway"], env, self._ready(name, address))
+
+    def _ready(self, name: str, address: str) -> Callable[[], bool]:
+        """The readiness probe of a gRPC service: its health, on its plaintext health port with TLS."""
+        assert self.addresses is not None
+        probed = self.addresses.health.get(name, address)
+        return lambda: is_serving(probed)
+
+    def tls_env(self, name: str) -> dict[str, str]:
+        """The TLS settings of a gRPC service of this stack (none without TLS): its certificate, the CA its
+        clients must come from (generator, swapper), the gateway's client certificate, the health port."""
+        certs, a = self.certificates, self.addresses
+        if certs is None or a is None:
+            return {}
+        if name in ("generator", "swapper"):
+            pair = certs.generator if name == "generator" else certs.swapper
+            prefix = name.upper()
+            return {f"{prefix}_TLS_CERT_FILE": str(pair.cert), f"{prefix}_TLS_KEY_FILE": str(pair.key),
+                    f"{prefix}_TLS_CA_FILE": str(certs.ca), f"{prefix}_HEALTH_LISTEN": a.health[name]}
+        return {"GATEWAY_TLS_CERT_FILE": str(certs.gateway.cert), "GATEWAY_TLS_KEY_FILE": str(certs.gateway.key),
+                "GATEWAY_UPSTREAM_TLS_CERT_FILE": str(certs.gateway_client.cert),
+                "GATEWAY_UPSTREAM_TLS_KEY_FILE": str(certs.gateway_client.key),
+                "GATEWAY_UPSTREAM_TLS_CA_FILE": str(certs.ca), "GATEWAY_HEALTH_LISTEN": a.health[name]}
 
     def _redis_spec(self, url: str, port: int) -> ServiceProcess:
         server = shutil.which("redis-server")

@@ -20,6 +20,7 @@ from services.swapper.backoff import Backoff
 from services.swapper.blocking import BlockingPool
 from services.swapper.bucket import BucketSetup
 from services.swapper.endpoints import Endpoint, build_endpoints
+from services.swapper.identity import IdentityCheck
 from services.swapper.instrumentation import instrument_storage
 from services.swapper.metrics import SwapperMetrics
 from services.swapper.records import SwapRecords
@@ -30,6 +31,7 @@ from services.swapper.service import SwapperServicer
 from services.swapper.settings import Settings
 from services.swapper.storage import ObjectStore, Storage
 from services.swapper.swap import Swapper
+from services.swapper.verify import ResultChecks
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ class SwapperApp(ServiceApp):
             self.endpoints = build_endpoints(runpod, redis=self.redis, metrics=metrics)
             remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
         records = SwapRecords(self.redis, settings.record_grace_s) if self.redis is not None else None
-        self.core = Swapper(settings, self.storage_pool, remote, records)
+        self.identity = IdentityCheck(settings.checks.identity_processes) if settings.checks.identity else None
+        checks = ResultChecks(settings.checks, self.storage_pool, self.identity)
+        self.core = Swapper(settings, self.storage_pool, remote, records, checks=checks)
         metrics.swaps_in_flight.set_function(lambda: self.core.in_flight)
         # S3 calls as spans under the Swap or Put call that makes them (botocore is patched process-wide).
         self._uninstrument = instrument_storage() if tracing.enabled() else None
@@ -88,6 +92,7 @@ class SwapperApp(ServiceApp):
             "api_key": mask(runpod.api_key),
             "long_poll_ms": runpod.status_wait_ms,
             "redis": self.settings.redis.display_url if self.settings.redis else "none (no resumable swaps)",
+            "verify": self.settings.checks.verify,
         }
 
     def build_storage(self) -> Storage:
@@ -106,12 +111,18 @@ class SwapperApp(ServiceApp):
                    notes="; ".join(notes) or "-")
 
     async def prepare(self) -> None:
-        """Makes storage ready, retrying with backoff; the service stays NOT_SERVING until then.
+        """Loads the identity check's models (when it runs), then makes storage ready, retrying with backoff;
+        the service stays NOT_SERVING until then.
 
         A missing bucket or rejected credentials is logged clearly on every
         attempt instead of crashing the process into a restart loop; fixing
         the bucket makes the service ready without a restart.
         """
+        if self.identity is not None:
+            # The models load before traffic comes; a failure leaves the swapper NOT_SERVING, saying why.
+            await self.identity.start()
+            logs.event(log, "identity.ready", processes=self.identity.processes,
+                       threshold=self.settings.checks.identity_threshold)
         backoff = Backoff(base=1.0, factor=2.0, cap=30.0)
         attempt = 0
         while True:
@@ -135,4 +146,6 @@ class SwapperApp(ServiceApp):
         await asyncio.to_thread(self.storage_pool.shutdown, True)
         if self._uninstrument is not None:
             self._uninstrument()
+        if self.identity is not None:
+            await asyncio.to_thread(self.identity.close)
 

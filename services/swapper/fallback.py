@@ -20,6 +20,8 @@ NO_FACE_FOUND = common_pb2.FALLBACK_REASON_NO_FACE_FOUND
 UNDECODABLE_RESULT = common_pb2.FALLBACK_REASON_UNDECODABLE_RESULT
 JOB_EXPIRED = common_pb2.FALLBACK_REASON_JOB_EXPIRED
 PROTOCOL_ERROR = common_pb2.FALLBACK_REASON_PROTOCOL_ERROR
+SWAP_UNCHANGED = common_pb2.FALLBACK_REASON_SWAP_UNCHANGED
+SWAP_NOT_LIKE_REFERENCE = common_pb2.FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE
 
 KEY_REJECTED_MESSAGE = "the RunPod API key was rejected"
 
@@ -34,10 +36,12 @@ _NO_FACE = re.compile(
 class SwapFallback(Exception):
     """The swap cannot be done; the original image is returned with ``reason`` and ``message``."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, identity_distance: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # d(reference, result), when the identity check measured it before refusing the result.
+        self.identity_distance = identity_distance
 
     @property
     def reason_name(self) -> str:

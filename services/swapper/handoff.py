@@ -28,23 +28,25 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
     """Runs ``produce(deliver)`` in a task and yields each value it delivers, in order.
 
     When the consumer closes the generator early (the call ended, a write
-    failed), pending deliveries raise ``gone()`` and the producer is awaited
-    to the end of its clean-up; its error is not raised (nobody is left to
-    receive it). When the consuming task is cancelled, so is the producer.
-    The producer's own error ends the iteration with that error.
+    failed), pending and later deliveries raise ``gone()`` and the producer
+    is awaited to the end of its clean-up; its error is not raised (nobody is
+    left to receive it). When the consuming task is cancelled, so is the
+    producer (and a delivery it still makes raises ``gone()``). The
+    producer's own error ends the iteration with that error.
     """
     loop = asyncio.get_running_loop()
     offers: deque[tuple[T, asyncio.Future[None]]] = deque()
     wake: asyncio.Future[None] = loop.create_future()
-    # Set once the consumer is gone: a delivery after that can never be taken, so it raises at once.
-    consumer_gone = False
+    # Set once the consumer has gone: a producer that goes on (one that outlives a cancel, in a
+    # shielded clean-up or a library that swallowed it) must not wait for it.
+    left = False
 
     def wake_up() -> None:
         if not wake.done():
             wake.set_result(None)
 
     async def deliver(value: T) -> None:
-        if consumer_gone:
+        if left:
             raise gone()
         taken: asyncio.Future[None] = loop.create_future()
         offers.append((value, taken))
@@ -68,19 +70,13 @@ async def handed_over(produce: Callable[[Deliver[T]], Coroutine[Any, Any, None]]
             else:
                 wake = loop.create_future()
                 await wake
-    except GeneratorExit:
-        consumer_gone = True
+    except (GeneratorExit, asyncio.CancelledError) as leaving:
+        left = True
         for future in (taking, *(taken for _, taken in offers)):
             if future is not None and not future.done():
                 future.set_exception(gone())
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await finish(producer)
-        raise
-    except asyncio.CancelledError:
-        # A producer that outlives its cancellation (a library that turned it into an error of its
-        # own) and delivers again must not wait for a consumer that is gone.
-        consumer_gone = True
-        producer.cancel()
+        if isinstance(leaving, asyncio.CancelledError):
+            producer.cancel()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await finish(producer)
         raise

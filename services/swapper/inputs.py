@@ -11,8 +11,9 @@ from PIL import Image
 from facegen.v1 import swapper_pb2
 from services.common.errors import InvalidInput
 from services.common.image_limits import ImageLimits
-from services.common.images import ImageInfo, inspect_image, sanitize
+from services.common.images import ImageInfo, decode_image, sanitize
 from services.swapper.keys import is_reference_key, is_temp_key_of
+from services.swapper.unchanged import Fingerprint, fingerprint
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MAX_INDEX = 1000
@@ -26,18 +27,26 @@ class CheckedImage:
 
     data: bytes
     info: ImageInfo
+    # What a swap result is compared with (``services/swapper/unchanged.py``), when asked for.
+    fingerprint: Fingerprint | None = None
 
 
-def check_image(data: bytes, field: str, limits: ImageLimits) -> CheckedImage:
-    """Validates an image; re-encodes it only when it carries metadata or more than one picture."""
-    info = inspect_image(data, field, limits)
-    with Image.open(io.BytesIO(data)) as image:
+def check_image(data: bytes, field: str, limits: ImageLimits, with_fingerprint: bool = False) -> CheckedImage:
+    """Validates an image; re-encodes it only when it carries metadata or more than one picture.
+
+    ``with_fingerprint``: also reduce the picture to its fingerprint, from the decoding the check does anyway.
+    """
+    info, image = decode_image(data, field, limits)
+    with image:
         text = getattr(image, "text", None)
         has_metadata = any(key in image.info for key in _PERSONAL_METADATA) or bool(text)
-    if has_metadata or info.multi_picture:
-        clean, info = sanitize(data, field, limits)
+        if not (has_metadata or info.multi_picture):
+            return CheckedImage(data, info, fingerprint(image) if with_fingerprint else None)
+    clean, info = sanitize(data, field, limits)
+    if not with_fingerprint:
         return CheckedImage(clean, info)
-    return CheckedImage(data, info)
+    with Image.open(io.BytesIO(clean)) as cleaned:
+        return CheckedImage(clean, info, fingerprint(cleaned))
 
 
 def check_job(job_id: str, image_index: int) -> None:

@@ -9,6 +9,7 @@ from typing import Protocol
 from services.common.errors import Cancelled
 from services.common.images import ImageInfo
 from services.swapper.endpoints import Endpoint
+from services.swapper.unchanged import Fingerprint
 
 RUNNING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -57,6 +58,9 @@ class SwapSuccess:
     info: ImageInfo
     job_id: str
     endpoint: str
+    fingerprint: Fingerprint | None = None
+    # d(reference, result), when the identity check measured it.
+    identity_distance: float | None = None
 
 
 RemoteEvent = Submitted | StatusChanged

@@ -92,8 +92,9 @@ class RemoteSwapper:
         limits = self.settings.result_limits
         result = interpret_output(answer.output, limits.max_bytes)
         data = await self._download(result.url, deadline) if isinstance(result, UrlResult) else result.data
-        info = await scope.run(self.work_pool, validate_image, data, limits)
-        return SwapSuccess(data=data, info=info, job_id=job.job_id, endpoint=job.endpoint.id)
+        info, fingerprint = await scope.run(self.work_pool, validate_image, data, limits)
+        return SwapSuccess(data=data, info=info, job_id=job.job_id, endpoint=job.endpoint.id,
+                           fingerprint=fingerprint)
 
     async def _download(self, url: str, deadline: float) -> bytes:
         host = urlsplit(url).hostname or "?"

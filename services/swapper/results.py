@@ -5,7 +5,8 @@ URI), ``{"result_url": ...}`` / ``{"url": ...}``, or the bare string itself.
 Failure is ``{"success": false, "error": ...}`` or an ``error`` with no
 result. Whatever comes back is checked as an image (real image, dimensions
 within limits, no decompression bomb) before anyone stores it: a result we
-cannot trust becomes a fallback with a reason, never a made-up image.
+cannot trust becomes a fallback with a reason, never a made-up image. What it
+shows is checked next (``verify.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidInput
-from services.common.images import ImageInfo, ImageLimits, inspect_image
+from services.common.images import ImageInfo, ImageLimits, decode_image
 from services.swapper.fallback import (
     PROTOCOL_ERROR,
     UNDECODABLE_RESULT,
@@ -24,6 +25,7 @@ from services.swapper.fallback import (
     clip,
     failure_reason,
 )
+from services.swapper.unchanged import Fingerprint, fingerprint
 
 _DATA_URI = re.compile(r"^data:([^,]*?),", re.IGNORECASE | re.DOTALL)
 _URL = re.compile(r"^https?://", re.IGNORECASE)
@@ -133,9 +135,14 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
         raise SwapFallback(UNDECODABLE_RESULT, "the result is not valid base64") from None
 
 
-def validate_image(data: bytes, limits: ImageLimits) -> ImageInfo:
-    """Checks that ``data`` is a whole JPEG/PNG/WebP within ``limits``; UNDECODABLE_RESULT if not."""
+def validate_image(data: bytes, limits: ImageLimits) -> tuple[ImageInfo, Fingerprint]:
+    """Checks that ``data`` is a whole JPEG/PNG/WebP within ``limits``; UNDECODABLE_RESULT if not.
+
+    Returns what it is and its fingerprint (made from the same decoding, for the unchanged check).
+    """
     try:
-        return inspect_image(data, "the swap result", limits)
+        info, image = decode_image(data, "the swap result", limits)
     except InvalidInput as exc:
         raise SwapFallback(UNDECODABLE_RESULT, str(exc)) from None
+    with image:
+        return info, fingerprint(image)

@@ -7,16 +7,18 @@ from mounted files (``NAME_FILE``) and never show in ``repr`` or a log line.
 
 from __future__ import annotations
 
+import importlib.util
 import re
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import CommaList, EnvSettings, MiB, ServerSettings
+from services.common.config import CommaList, EnvSettings, Lowercase, MiB, ServerSettings
 from services.common.image_limits import STORED_IMAGE, SWAP_RESULT, ImageLimits
 from services.common.redis import RedisSettings
+from services.identity import SAME_PERSON
 
 DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 
@@ -160,6 +162,44 @@ class RunPodSettings(EnvSettings):
                            max_side=self.result_max_side, min_side=SWAP_RESULT.min_side)
 
 
+# What FACE_SWAP_VERIFY=identity imports (the `identity` extra); checked at start, not imported here.
+IDENTITY_MODULES = ("dlib", "face_recognition_models", "numpy")
+IDENTITY_INSTALL_HINT = ("install the identity extra (pip install 'facegen[identity]'; for the swapper image, "
+                         "docker build --build-arg SWAPPER_IDENTITY=true)")
+
+
+class ResultCheckSettings(EnvSettings):
+    """What a remote result must pass before it is called swapped: FACE_SWAP_VERIFY and the identity check."""
+
+    model_config = SettingsConfigDict(env_prefix="FACE_SWAP_")
+
+    # off: trust the endpoint; unchanged: refuse a result whose face is the target's (no model, ~1 ms);
+    # identity: that, and refuse a face dlib does not recognise as the reference person.
+    verify: Annotated[Literal["off", "unchanged", "identity"], Lowercase] = "unchanged"
+    identity_threshold: float = Field(SAME_PERSON, gt=0.0, le=2.0)
+    # Processes measuring identities (dlib holds the GIL while it computes a descriptor).
+    identity_processes: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _identity_installed(self) -> Self:
+        if self.verify == "identity":
+            missing = [name for name in IDENTITY_MODULES if importlib.util.find_spec(name) is None]
+            if missing:
+                raise ValueError(f"FACE_SWAP_VERIFY=identity needs {', '.join(missing)}, which this installation "
+                                 f"lacks: {IDENTITY_INSTALL_HINT}")
+        return self
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether a result is compared with its target."""
+        return self.verify != "off"
+
+    @property
+    def identity(self) -> bool:
+        """Whether the identity check runs."""
+        return self.verify == "identity"
+
+
 class Settings(ServerSettings):
     """Everything the swapper reads: SWAPPER_*, the storage and RunPod groups, REDIS_*."""
 
@@ -168,6 +208,7 @@ class Settings(ServerSettings):
     listen: str = "127.0.0.1:50053"
     storage: StorageSettings
     runpod: RunPodSettings = Field(default_factory=RunPodSettings)
+    checks: ResultCheckSettings = Field(default_factory=ResultCheckSettings)
     max_image_bytes: int = Field(STORED_IMAGE.max_bytes, ge=1024, le=512 * MiB)
     max_image_pixels: int = Field(STORED_IMAGE.max_pixels, ge=64)
     max_image_side: int = Field(STORED_IMAGE.max_side, ge=8)

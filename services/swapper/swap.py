@@ -2,7 +2,9 @@
 
 A swap stores the target image as a temporary object (or finds it stored),
 runs the remote swap (or does not: store-only, or no endpoint configured),
-stores the result (the swapped image, or the original with the reason) and
+checks what came back (``verify.py``: is it the target unchanged, is it the
+reference person), stores the result (the swapped image, or the original
+with the reason) and
 reports each step as a ``SwapEvent``. When it ends, nothing it started is
 left running and its temporary object is deleted, except for a resumable
 swap that did not finish (its caller left, or storage failed): its target
@@ -34,6 +36,7 @@ from services.swapper.remote import RemoteSwapper, finish
 from services.swapper.resume import Resumable, Submit
 from services.swapper.settings import Settings
 from services.swapper.storage import ObjectStore
+from services.swapper.verify import ResultChecks
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,13 @@ class Swapper:
     """Serves the operations; ``store`` is set once storage is ready, ``records`` when Redis is configured."""
 
     def __init__(self, settings: Settings, work_pool: BlockingPool, remote: RemoteSwapper | None,
-                 records: SwapRecords | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 records: SwapRecords | None = None, clock: Callable[[], float] = time.monotonic,
+                 checks: ResultChecks | None = None) -> None:
         self.settings = settings
         self.work_pool = work_pool
         self.remote = remote
         self.records = records
+        self.checks = checks or ResultChecks(settings.checks, work_pool)
         self.store: ObjectStore | None = None
         self.not_ready_reason = "storage is being checked"
         self._clock = clock
@@ -171,7 +176,7 @@ class Swapper:
         try:
             logs.event(log, "swap.stored", key=target.key, bytes=len(target.image.data))
             await emit(swapper_pb2.SwapEvent(stored=swapper_pb2.SwapStored(key=target.key)))
-            outcome = await self._run_remote(store, request, target.url, deadline, emit, scope, resumable)
+            outcome = await self._run_remote(store, request, target, deadline, emit, scope, resumable)
             if resumable is None:
                 # The inputs are no longer needed: delete while the result is being stored.
                 deleting = store.start_delete_temp(target.key)
@@ -196,7 +201,9 @@ class Swapper:
                 raise NotFound(f"target_key {request.target_key!r} does not exist in storage (the swap ended, "
                                "or it expired); send the target image again")
             data = loaded
-        image = await scope.run(self.work_pool, check_image, data, "target_image", limits)
+        # A target that goes to an endpoint is fingerprinted from this decoding, for the unchanged check.
+        fingerprint = bool(request.reference_key) and self.remote is not None and self.checks.wants_fingerprint
+        image = await scope.run(self.work_pool, check_image, data, "target_image", limits, fingerprint)
         if request.reference_key:
             await store.require_reference(request.reference_key)
         if stored:
@@ -214,7 +221,7 @@ class Swapper:
                 raise
         return _Target(key, url, image)
 
-    async def _run_remote(self, store: ObjectStore, request: swapper_pb2.SwapRequest, target_url: str,
+    async def _run_remote(self, store: ObjectStore, request: swapper_pb2.SwapRequest, target: _Target,
                           deadline: float, emit: EmitEvent, scope: CallScope,
                           resumable: Resumable | None) -> SwapSuccess | SwapFallback:
         if not request.reference_key:
@@ -223,7 +230,7 @@ class Swapper:
             return SwapFallback(DISABLED, "no face-swap endpoint is configured (FACE_SWAP_ENDPOINT)")
         inputs = SwapInputs(
             source_url=await store.reference_url(request.reference_key, deadline - self._clock() + 60),
-            target_url=target_url,
+            target_url=target.url,
             mouth_mask=request.options.mouth_mask,
             use_face_enhancer=request.options.use_face_enhancer,
             many_faces=request.options.many_faces,
@@ -245,7 +252,9 @@ class Swapper:
                 if isinstance(decision, SwapFallback):
                     raise decision
                 resume = None if isinstance(decision, Submit) else decision
-            return await self.remote.swap(inputs, deadline, forward, scope, journal=resumable, resume=resume)
+            success = await self.remote.swap(inputs, deadline, forward, scope, journal=resumable, resume=resume)
+            return await self.checks.verify(target.image, success, request.reference_key,
+                                            lambda: store.get(request.reference_key), deadline - self._clock(), scope)
         except SwapFallback as fallback:
             logs.event(log, "swap.fallback", logging.WARNING, reason=fallback.reason_name,
                        message=fallback.message)
@@ -267,6 +276,8 @@ class Swapper:
             result.method = common_pb2.FACE_SWAP_METHOD_NONE
             result.fallback_reason = outcome.reason  # type: ignore[assignment]
             result.fallback_message = outcome.message
+        if outcome.identity_distance is not None:
+            result.identity_distance = outcome.identity_distance
         return result
 
     async def _clean_up(self, store: ObjectStore, key: str, deleting: asyncio.Future[bool] | None,

@@ -206,6 +206,14 @@ def test_doctor_passes_against_the_local_endpoint(stack, tmp_path) -> None:
     assert stack.api_key not in doctor.stdout + doctor.stderr  # the key is shown masked only
 
 
+def test_the_cli_doctor_swaps_the_stack_samples_by_default(stack) -> None:
+    env = {**os.environ, **stack.swapper_env(), "S3_MANAGE_LIFECYCLE": "false"}
+    doctor = subprocess.run([sys.executable, "-m", "services.cli", "doctor"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "PASS swap: external_api" in doctor.stdout
+
+
 def test_endpoint_down_falls_back_with_the_reason(gateway, face, template, stack) -> None:
     stack.services["runpod"].stop()
     try:

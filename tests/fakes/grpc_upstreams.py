@@ -37,6 +37,8 @@ from facegen.v1 import (
     swapper_pb2,
     swapper_pb2_grpc,
 )
+from services.common.tls import server_credentials
+from services.common.tls_files import TlsFiles
 
 DEFAULT_SIZE = 64
 DEFAULT_SEED = 1234
@@ -358,13 +360,15 @@ class FakeSwapper(swapper_pb2_grpc.SwapperServiceServicer, _Recorder):
             self._notify()
 
 
-async def start_server(register: Callable[[grpc.aio.Server], None]) -> tuple[grpc.aio.Server, str]:
-    """Starts an aio server on a free loopback port; returns it and its address."""
+async def start_server(register: Callable[[grpc.aio.Server], None],
+                       credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, str]:
+    """Starts an aio server on a free loopback port (TLS with ``credentials``); returns it and its address."""
     server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
                                       ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                                       ("grpc.so_reuseport", 0)])
     register(server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = (server.add_secure_port("127.0.0.1:0", credentials) if credentials is not None
+            else server.add_insecure_port("127.0.0.1:0"))
     await server.start()
     return server, f"127.0.0.1:{port}"
 
@@ -373,7 +377,10 @@ class FakeUpstreams:
     """A fake generator and a fake swapper, each on its own loopback port."""
 
     def __init__(self, generator_script: GeneratorScript | None = None,
-                 swap_script: SwapScript | None = None, keep_images: bool = True) -> None:
+                 swap_script: SwapScript | None = None, keep_images: bool = True,
+                 tls: TlsFiles | None = None) -> None:
+        # TLS files of both servers (mTLS with a CA); each port gets credentials of its own.
+        self.tls = tls or TlsFiles()
         self.generator = FakeGenerator(generator_script)
         self.swapper = FakeSwapper(swap_script, keep_images=keep_images)
         self.generator_address = ""
@@ -383,10 +390,12 @@ class FakeUpstreams:
     async def start(self) -> Self:
         """Starts both servers."""
         server, self.generator_address = await start_server(
-            lambda s: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(self.generator, s))
+            lambda s: generator_pb2_grpc.add_GeneratorServiceServicer_to_server(self.generator, s),
+            server_credentials(self.tls))
         self._servers.append(server)
         server, self.swapper_address = await start_server(
-            lambda s: swapper_pb2_grpc.add_SwapperServiceServicer_to_server(self.swapper, s))
+            lambda s: swapper_pb2_grpc.add_SwapperServiceServicer_to_server(self.swapper, s),
+            server_credentials(self.tls))
         self._servers.append(server)
         return self
 

@@ -8,8 +8,10 @@
 // Without --reference/--target it uses the repository's sample portraits (Grace Hopper onto the astronaut),
 // written by the repository's Python (.venv/bin/python, or $FACEGEN_PYTHON). The gateway also comes from
 // $FACEGEN_GATEWAY, the token from $FACEGEN_TOKEN. Ctrl-C cancels the job. Exit code 0 when the job completed.
+// TLS: --tls (Node's root certificates), --tls-ca FILE (`python -m services.stack up --tls` prints it),
+// --tls-cert FILE --tls-key FILE for a gateway that requires a client certificate.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +24,10 @@ const { values: args } = parseArgs({
   options: {
     gateway: { type: "string", default: process.env.FACEGEN_GATEWAY ?? "127.0.0.1:50051" },
     token: { type: "string", default: process.env.FACEGEN_TOKEN },
+    tls: { type: "boolean", default: false },
+    "tls-ca": { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
     reference: { type: "string" },
     target: { type: "string" },
   },
@@ -39,9 +45,12 @@ function samplePhotos() {
 }
 
 const photos = args.reference && args.target ? { reference: args.reference, target: args.target } : samplePhotos();
+const read = (path) => (path === undefined ? undefined : readFileSync(path));
+const tlsFiles = { ca: read(args["tls-ca"]), cert: read(args["tls-cert"]), key: read(args["tls-key"]) };
 const client = new FacegenClient({
   target: args.gateway,
   token: args.token,
+  tls: Object.values(tlsFiles).some((value) => value !== undefined) ? tlsFiles : args.tls,
   onRetry: (notice) => console.error(`  connection lost (${notice.codeName}: ${notice.details}); ` +
     `re-attaching to job ${notice.jobId ?? "(submitting)"} after seq ${notice.lastSeq} in ${notice.delayMs.toFixed(0)} ms`),
 });
@@ -64,7 +73,9 @@ try {
     const how = image.faceSwapMethod === FaceSwapMethod.NONE
       ? `no face swap (${FallbackReason[image.fallbackReason].toLowerCase()}): ${image.fallbackMessage}`
       : `face swap: ${FaceSwapMethod[image.faceSwapMethod].toLowerCase()}`;
-    console.log(`image ${image.index} ${image.width}x${image.height} ${how}\n  ${image.url}`);
+    // Set when the swapper's identity check measured the result (FACE_SWAP_VERIFY=identity).
+    const identity = image.identityDistance === undefined ? "" : ` (identity distance ${image.identityDistance.toFixed(2)})`;
+    console.log(`image ${image.index} ${image.width}x${image.height} ${how}${identity}\n  ${image.url}`);
   }
   process.exitCode = result.state === JobState.COMPLETED ? 0 : 1;
 } catch (error) {

@@ -11,6 +11,7 @@
  */
 
 import { randomUUID } from "node:crypto";
+import type { SecureClientSessionOptions } from "node:http2";
 import { setTimeout as sleep } from "node:timers/promises";
 import { clone, create, isMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
@@ -44,13 +45,25 @@ export interface RetryNotice {
   lastSeq: bigint;
 }
 
+/** TLS settings beyond Node's defaults: a private CA, a client certificate, the name to check. */
+export interface TlsOptions {
+  /** PEM of the CA that signs the gateway's certificate (default: Node's root certificates). */
+  ca?: string | Buffer;
+  /** PEM client certificate, for a gateway that requires one (with `key`). */
+  cert?: string | Buffer;
+  /** PEM private key of `cert`. */
+  key?: string | Buffer;
+  /** The name the gateway's certificate must carry, when it is not the target's host (e.g. through a port-forward). */
+  serverName?: string;
+}
+
 export interface ClientOptions {
   /** The gateway: `host:port`, or a URL (`http://host:port`, `https://host:port`). */
   target: string;
   /** Bearer token, when the gateway requires one. */
   token?: string;
-  /** TLS for a `host:port` target (a URL says it by its scheme). */
-  tls?: boolean;
+  /** TLS for a `host:port` target (a URL says it by its scheme); an object turns it on with these settings. */
+  tls?: boolean | TlsOptions;
   /** Changes to the retry policy (defaults: DEFAULT_POLICY). */
   policy?: Partial<RetryPolicy>;
   /** Called before each retry and re-attach. */
@@ -86,6 +99,19 @@ export function withKey(request: JobRequestInit): JobRequest {
   return keyed;
 }
 
+/** Node's TLS options for `tls` (only what is set: Node's defaults stay for the rest). */
+function secureSessionOptions(tls: TlsOptions): SecureClientSessionOptions {
+  const { ca, cert, key, serverName } = tls;
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new TypeError("tls.cert and tls.key go together: set both, or neither");
+  }
+  return {
+    ...(ca !== undefined && { ca }),
+    ...(cert !== undefined && { cert, key }),
+    ...(serverName !== undefined && { servername: serverName }),
+  };
+}
+
 /** A client of the gateway that re-tries and re-attaches by itself. Call `close()` when done. */
 export class FacegenClient {
   readonly policy: RetryPolicy;
@@ -99,7 +125,8 @@ export class FacegenClient {
       ? options.target
       : `${options.tls ? "https" : "http"}://${options.target}`;
     // Pings notice a gateway that vanished without closing the connection (the gateway accepts one every 10 s).
-    this.sessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 20_000, pingTimeoutMs: 10_000 });
+    this.sessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 20_000, pingTimeoutMs: 10_000 },
+      typeof options.tls === "object" ? secureSessionOptions(options.tls) : undefined);
     const interceptors: Interceptor[] = [];
     if (options.token) {
       const authorization = `Bearer ${options.token}`;

@@ -14,7 +14,9 @@
  */
 
 export { FacegenClient, JobRun, MAX_MESSAGE_BYTES, withKey } from "./client.js";
-export type { CallSignal, ClientOptions, JobRequestInit, RetryNotice, StreamOptions, WatchOptions } from "./client.js";
+export type {
+  CallSignal, ClientOptions, JobRequestInit, RetryNotice, StreamOptions, TlsOptions, WatchOptions,
+} from "./client.js";
 export { codeName, GatewayError, JobLostError } from "./errors.js";
 export { JobFollower } from "./follower.js";
 export { jobRequest, photoBytes } from "./requests.js";

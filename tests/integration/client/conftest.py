@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.fakes.grpc_upstreams import FakeUpstreams, GeneratorScript, SwapScript
@@ -26,10 +27,12 @@ async def upstreams() -> AsyncIterator[FakeUpstreams]:
 @pytest.fixture
 async def gateways(upstreams: FakeUpstreams, request: pytest.FixtureRequest,
                    tmp_path: Path) -> AsyncIterator[StartGateways]:
-    """Starts gateway processes: ``await gateways(2)`` on a shared Redis, ``await gateways(1, store="memory")``."""
+    """Starts gateway processes: ``await gateways(2)`` on a shared Redis, ``await gateways(1, store="memory")``
+    (``credentials``: how the test's channel reaches a gateway that serves TLS)."""
     started: list[GatewayProcess] = []
 
-    async def start(count: int = 1, store: str = "redis", **env: str) -> list[GatewayProcess]:
+    async def start(count: int = 1, store: str = "redis", credentials: grpc.ChannelCredentials | None = None,
+                    **env: str) -> list[GatewayProcess]:
         settings = {"GENERATOR_ADDRESS": upstreams.generator_address, "SWAPPER_ADDRESS": upstreams.swapper_address,
                     "GATEWAY_STORE": store, "GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
                     "GATEWAY_GRACE_SECONDS": "0.5", **env}
@@ -39,7 +42,8 @@ async def gateways(upstreams: FakeUpstreams, request: pytest.FixtureRequest,
                 with redis.client() as client:
                     client.flushall()
             settings["REDIS_URL"] = redis.url
-        made = [GatewayProcess(f"gw-{len(started) + number}", tmp_path, settings) for number in range(count)]
+        made = [GatewayProcess(f"gw-{len(started) + number}", tmp_path, settings, credentials)
+                for number in range(count)]
         started.extend(made)
         await asyncio.gather(*(gateway.start() for gateway in made))
         return made

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 import grpc
@@ -98,6 +100,9 @@ async def test_a_draining_gateway_hands_the_stream_over_to_another(
         gateways: StartGateways, upstreams: FakeUpstreams, redis_server: RedisServer) -> None:
     upstreams.generator.script.gate = gate = asyncio.Event()
     first, second = await gateways(2, GATEWAY_DRAIN_SECONDS="0.5")
+    # Only the first may claim the job: the second is paused until the first holds it.
+    assert second.process is not None
+    os.kill(second.process.pid, signal.SIGSTOP)
     events = []
     async with AsyncFacegenClient(target_of([first, second]), policy=POLICY, options=[PICK_FIRST]) as client:
         stream = client.run(job_request())
@@ -105,6 +110,7 @@ async def test_a_draining_gateway_hands_the_stream_over_to_another(
             events.append(event)
             if event.stage == gateway_pb2.STAGE_GENERATING and not gate.is_set():
                 assert holder(redis_server, str(stream.job_id)) == first.name
+                os.kill(second.process.pid, signal.SIGCONT)
                 first.terminate()
                 assert await first.wait(30) == 0
                 await upstreams.generator.wait_for(lambda g: g.calls == 2, within=10)

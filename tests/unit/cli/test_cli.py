@@ -74,6 +74,18 @@ def test_result_lines_say_why_a_swap_fell_back() -> None:
     assert lines[1] == "image 1 FAILED (UNAVAILABLE): storage is unavailable"
 
 
+def test_result_lines_show_the_identity_distance_when_it_was_measured() -> None:
+    swapped = _image(0, common_pb2.FACE_SWAP_METHOD_EXTERNAL_API)
+    swapped.identity_distance = 0.375
+    refused = _image(1, common_pb2.FACE_SWAP_METHOD_NONE, common_pb2.FALLBACK_REASON_SWAP_NOT_LIKE_REFERENCE)
+    refused.identity_distance = 0.71
+    unmeasured = _image(2, common_pb2.FACE_SWAP_METHOD_NONE, common_pb2.FALLBACK_REASON_SWAP_UNCHANGED)
+    lines = describe_result(gateway_pb2.JobResult(images=[swapped, refused, unmeasured]))
+    assert "face swap: external_api (identity distance 0.38; under 0.6 is the same person)" in lines[0]
+    assert "no face swap (swap_not_like_reference)" in lines[1] and "identity distance 0.71" in lines[1]
+    assert "no face swap (swap_unchanged)" in lines[2] and "identity distance" not in lines[2]
+
+
 def _step(step: int, total: int = 8) -> gateway_pb2.JobEvent:
     return gateway_pb2.JobEvent(stage=gateway_pb2.STAGE_GENERATING, percent=step * 5.0,
                                 denoise=gateway_pb2.DenoiseProgress(step=step, total_steps=total))

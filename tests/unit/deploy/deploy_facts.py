@@ -36,6 +36,22 @@ def service_modules(service: str, exclude: frozenset[Path] = frozenset()) -> lis
     return sorted(seen)
 
 
+def imported_at_start(service: str) -> dict[Path, list[str]]:
+    """The files importing ``services/<service>``'s modules loads (module-level imports only, transitively),
+    each with the modules it imports at its module level."""
+    pending = sorted((REPO / "services" / service).rglob("*.py"))
+    found: dict[Path, list[str]] = {}
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found[path] = top_level_imports(path)
+        for module in found[path]:
+            if module.split(".")[0] in {"services", "facegen"}:
+                pending.extend(_module_files(module))
+    return found
+
+
 def _module_files(module: str) -> list[Path]:
     root = REPO / "protos" if module.startswith("facegen") else REPO
     base = root.joinpath(*module.split("."))
@@ -80,8 +96,18 @@ def top_level_imports(path: Path) -> list[str]:
 
 @functools.cache
 def packages_distributions() -> dict[str, list[str]]:
-    """Top-level module → distributions (slow: reads every installed RECORD, so once)."""
-    return dict(importlib.metadata.packages_distributions())
+    """Top-level module → distributions (slow: reads every installed RECORD, so once).
+
+    The packages a distribution's files hold count too, beside what its ``top_level.txt`` declares:
+    dlib-bin declares only ``_dlib_pybind11`` but installs the ``dlib`` package.
+    """
+    found = {module: list(dists) for module, dists in importlib.metadata.packages_distributions().items()}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        for file in dist.files or ():
+            if len(file.parts) > 1 and file.name == "__init__.py" and name not in found.setdefault(file.parts[0], []):
+                found[file.parts[0]].append(name)
+    return found
 
 
 @functools.cache

@@ -14,12 +14,14 @@ from grpc_health.v1 import health_pb2
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from services.swapper.settings import IDENTITY_MODULES
 from tests.unit.deploy import dockerfile
 from tests.unit.deploy.deploy_facts import (
     DEPLOY,
     PORTS,
     REPO,
     dependency_closure,
+    imported_at_start,
     pinned_names,
     service_modules,
     third_party_distributions,
@@ -195,6 +197,18 @@ def test_slim_images_install_everything_their_service_imports(service: str) -> N
     needed = third_party_distributions(service)
     missing = {dist: sorted(where) for dist, where in needed.items() if dist not in available}
     assert not missing, f"{service}.Dockerfile does not install what these modules import: {missing}"
+
+
+def test_the_default_swapper_image_has_no_identity_extra_and_needs_none() -> None:
+    # numpy, dlib and dlib's models are installed only with SWAPPER_IDENTITY=true (~180 MB): no module of
+    # the swapper may import them when it is loaded (the identity check's child processes import them).
+    text = (DOCKER / "swapper.Dockerfile").read_text()
+    assert "ARG SWAPPER_IDENTITY=false" in text
+    assert re.search(r"true\) /opt/venv/bin/pip install -c /tmp/constraints.txt dlib-bin face-recognition-models numpy",
+                     text)
+    offenders = {str(path.relative_to(REPO)): module for path, modules in imported_at_start("swapper").items()
+                 for module in modules if module.split(".")[0] in IDENTITY_MODULES}
+    assert not offenders, f"imported when the swapper starts, but not in its default image: {offenders}"
 
 
 def test_generator_image_installs_what_the_generator_imports() -> None:

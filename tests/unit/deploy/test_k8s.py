@@ -13,7 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.gateway.auth import parse_tokens
 from services.generator.catalog import load_catalog
+from tests.unit.deploy.cert_manager import certificate_secrets, check, is_cert_manager
 from tests.unit.deploy.deploy_facts import DEPLOY, PORTS, REPO, known_env_vars
 from tests.unit.deploy.manifests import (
     Obj,
@@ -28,9 +30,11 @@ from tests.unit.deploy.manifests import (
 pytestmark = pytest.mark.unit
 
 K8S = DEPLOY / "k8s"
-KUSTOMIZATIONS = ("base", "overlays/local", "overlays/gpu", "overlays/gpu/fetch-models")
+KUSTOMIZATIONS = ("base", "overlays/local", "overlays/gpu", "overlays/gpu/fetch-models", "overlays/tls")
+# Kustomize components: parts an overlay adds with `components:` (rendered through the overlays that do).
+COMPONENTS = ("components/tls",)
 # Complete deployments (kubectl apply -k works on them as they are).
-DEPLOYABLE = ("overlays/local", "overlays/gpu")
+DEPLOYABLE = ("overlays/local", "overlays/gpu", "overlays/tls")
 # 1.27: the oldest release with GA gRPC probes; 1.37: the newest schemas bundled.
 K8S_VERSIONS = ("1.27", "1.37")
 PRESTOP_SLEEP_S = 5
@@ -126,17 +130,24 @@ def of_kind(objects: tuple[Obj, ...], kind: str) -> list[Obj]:
 
 # --- rendering and schema validation -------------------------------------------------------------
 
+def validation_errors(obj: Obj, version: str) -> list[str]:
+    """What is wrong with a rendered object: Kubernetes' kinds against the API's schemas (strict),
+    cert-manager's (whose CRDs kubernetes-validate does not have) against ``cert_manager.py``."""
+    if is_cert_manager(obj):
+        return check(obj)
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}"]
+    return []
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_rendered_object_validates_strictly(name: str, version: str) -> None:
     objects = rendered(name)
     assert objects
-    errors = []
-    for obj in objects:
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}")
+    errors = [error for obj in objects for error in validation_errors(obj, version)]
     assert not errors, "\n".join(errors)
 
 
@@ -149,7 +160,7 @@ def test_every_namespaced_object_lands_in_facegen(name: str) -> None:
 
 def test_every_manifest_file_is_part_of_a_kustomization() -> None:
     used: set[Path] = set()
-    for name in KUSTOMIZATIONS:
+    for name in (*KUSTOMIZATIONS, *COMPONENTS):
         directory = K8S / name
         used.add(directory / "kustomization.yaml")
         kustomization = load_documents(directory / "kustomization.yaml")[0]
@@ -206,6 +217,7 @@ def test_every_reference_resolves(name: str) -> None:
     objects = rendered(name)
     # The fetch Job is applied into a namespace where the gpu overlay already runs.
     available = objects + rendered("overlays/gpu") if name.endswith("fetch-models") else objects
+    available += certificate_secrets(available)  # the Secrets cert-manager makes from Certificates
     for workload in workloads(objects):
         spec = pod_spec(workload)
         assert spec is not None
@@ -287,9 +299,14 @@ def test_grpc_services_listen_probe_and_drain_consistently(name: str, service: s
     port = PORTS[service]
     env = env_of(objects, item)
     assert env[f"{service.upper()}_LISTEN"] == f"0.0.0.0:{port}"
-    assert [p["containerPort"] for p in item["ports"] if p["name"] == "grpc"] == [port]
+    # With TLS the kubelet's gRPC probes (which cannot do TLS) ask the plaintext health port.
+    health = env.get(f"{service.upper()}_HEALTH_LISTEN")
+    probed = int(health.rpartition(":")[2]) if health else port
+    ports = {p["name"]: p["containerPort"] for p in item["ports"]}
+    assert ports["grpc"] == port
+    assert ports.get("health") == (probed if health else None)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert item[probe]["grpc"]["port"] == port, probe
+        assert item[probe]["grpc"]["port"] == probed, probe
     # SIGTERM comes after the preStop sleep; the gateway then drains its jobs for
     # GATEWAY_DRAIN_SECONDS before its server's own grace period starts.
     grace = float(env.get(f"{service.upper()}_GRACE_SECONDS", "10"))
@@ -551,3 +568,15 @@ def test_local_overlay_sends_every_services_spans_to_its_collector() -> None:
     peers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
              for rule in policy["spec"]["ingress"] for peer in rule["from"]}
     assert peers == set(PORTS)
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_the_gateway_reads_named_tokens_from_its_secret(name: str) -> None:
+    objects = rendered(name)
+    item = container(objects, "gateway")
+    env = env_of(objects, item)
+    assert "GATEWAY_AUTH_TOKEN_FILE" not in env, "one way of giving tokens"
+    secret, key = secret_file(find(objects, "Deployment", "gateway"), item, env["GATEWAY_TOKENS_FILE"])
+    assert key == "tokens"
+    if name != "overlays/gpu":  # the gpu overlay's file is the deployer's (a placeholder here)
+        assert parse_tokens(secret_value(objects, secret, key)) == {"local-dev": "local-dev-gateway-token"}

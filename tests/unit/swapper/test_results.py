@@ -152,10 +152,11 @@ def test_failed_job_without_error_uses_the_default_message() -> None:
     assert "without an error message" in fallback.message
 
 
-def test_valid_images_pass_validation() -> None:
-    info = validate_image(PNG, ImageLimits())
+def test_valid_images_pass_validation_with_their_fingerprint() -> None:
+    info, fingerprint = validate_image(PNG, ImageLimits())
     assert (info.mime, info.width, info.height) == ("image/png", 24, 16)
-    assert validate_image(JPEG, ImageLimits()).mime == "image/jpeg"
+    assert (fingerprint.width, fingerprint.height, fingerprint.image.size) == (24, 16, (6, 4))
+    assert validate_image(JPEG, ImageLimits())[0].mime == "image/jpeg"
 
 
 def test_bytes_that_are_not_an_image_are_undecodable() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,39 @@ def test_redis_is_optional_and_checked() -> None:
     assert "pw" not in repr(settings)
     with pytest.raises(ConfigError, match="REDIS_URL"):
         load(**STORE, REDIS_URL="http://cache:6379")
+
+
+def test_result_checks_default_to_the_unchanged_check() -> None:
+    checks = load(**STORE).checks
+    assert (checks.verify, checks.unchanged, checks.identity) == ("unchanged", True, False)
+    assert checks.identity_threshold == 0.6 and checks.identity_processes == 1
+    off = load(**STORE, FACE_SWAP_VERIFY=" OFF ").checks
+    assert (off.unchanged, off.identity) == (False, False)
+
+
+def test_the_identity_check_is_configured_when_dlib_is_installed() -> None:
+    checks = load(**STORE, FACE_SWAP_VERIFY="identity", FACE_SWAP_IDENTITY_THRESHOLD="0.5",
+                  FACE_SWAP_IDENTITY_PROCESSES="2").checks
+    assert (checks.unchanged, checks.identity, checks.identity_threshold, checks.identity_processes) == (
+        True, True, 0.5, 2)
+
+
+def test_the_identity_check_without_dlib_stops_the_swapper_saying_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "dlib" else real_find_spec(name, *args))
+    with pytest.raises(ConfigError, match=r"^FACE_SWAP_VERIFY=identity needs dlib, which this installation lacks: "
+                                          r"install the identity extra \(pip install 'facegen\[identity\]'"):
+        load(**STORE, FACE_SWAP_VERIFY="identity")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"FACE_SWAP_VERIFY": "faces"}, "FACE_SWAP_VERIFY='faces' is not one of off, unchanged, identity"),
+    ({"FACE_SWAP_IDENTITY_THRESHOLD": "0"}, "FACE_SWAP_IDENTITY_THRESHOLD='0' is outside the allowed range (0.0, 2]"),
+    ({"FACE_SWAP_IDENTITY_PROCESSES": "0"}, "FACE_SWAP_IDENTITY_PROCESSES='0' is outside the allowed range [1, 64]"),
+])
+def test_bad_result_check_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(**STORE, **env)
+    assert str(caught.value) == message
