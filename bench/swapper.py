@@ -91,6 +91,10 @@ def base_env() -> dict[str, str]:
     return {**keep, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos")])}
 
 
+# The local S3 server's process by its URL, to read the CPU it used.
+S3_PROCESSES: dict[str, psutil.Process] = {}
+
+
 @contextmanager
 def s3_process() -> Any:
     """The local S3 server (services.stack.s3_server) in its own process."""
@@ -109,8 +113,10 @@ def s3_process() -> Any:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("the local S3 server did not start") from None
                 time.sleep(0.1)
+        S3_PROCESSES[url] = psutil.Process(process.pid)
         yield url
     finally:
+        S3_PROCESSES.pop(url, None)
         process.terminate()
         process.wait(10)
 
@@ -150,8 +156,7 @@ class Swapper:
     def cpu_s(self) -> float:
         """CPU seconds the swapper process has used so far."""
         assert self.process is not None
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
+        return _cpu_s(psutil.Process(self.process.pid))
 
     async def __aexit__(self, *_exc: object) -> None:
         if self.channel is not None:
@@ -224,31 +229,41 @@ async def concurrency(s3_url: str, fake: FakeRunPod, rounds: int) -> dict[str, A
         # One warm-up swap: connections, thread pools and code paths, as in a running service.
         await swap(stub, "warm-up", reference, target)
         for burst in range(rounds):
-            bursts.append(await _burst(stub, swapper, reference, target, f"c{burst}"))
+            bursts.append(await _burst(stub, swapper, S3_PROCESSES[s3_url], reference, target, f"c{burst}"))
     median = sorted(bursts, key=lambda figures: figures["wall_s"])[len(bursts) // 2]
     return {**median, "errors": sum(figures["errors"] for figures in bursts), "bursts": bursts}
 
 
-async def _burst(stub: swapper_pb2_grpc.SwapperServiceStub, swapper: Swapper, reference: str, target: bytes,
-                 name: str) -> dict[str, Any]:
+async def _burst(stub: swapper_pb2_grpc.SwapperServiceStub, swapper: Swapper, store: psutil.Process,
+                 reference: str, target: bytes, name: str) -> dict[str, Any]:
     load = os.getloadavg()[0]
     cpu_before = swapper.cpu_s()
+    own_before, store_before = _cpu_s(psutil.Process()), _cpu_s(store)
     machine_before = psutil.cpu_times()
     started = time.monotonic()
     outcomes = await asyncio.gather(*(swap(stub, f"{name}-{i}", reference, target)
                                       for i in range(CONCURRENT_SWAPS)))
     wall = time.monotonic() - started
     cpu = swapper.cpu_s() - cpu_before
+    own, used_by_store = _cpu_s(psutil.Process()) - own_before, _cpu_s(store) - store_before
     busy = _busy_s(psutil.cpu_times()) - _busy_s(machine_before)
     errors = [error or (result.fallback_message if result else "") for _, _, result, error in outcomes
               if result is None or result.method != common_pb2.FACE_SWAP_METHOD_EXTERNAL_API]
     print(f"  {CONCURRENT_SWAPS} swaps of 1 s remote jobs: wall {wall:.2f} s, errors {len(errors)}"
           + (f" (first: {errors[0]})" if errors else "")
           + f"; swapper CPU {cpu:.2f} s ({cpu / CONCURRENT_SWAPS * 1000:.1f} ms/swap); load average {load:.2f}"
-          + f"; all processes used {busy:.2f} CPU-s of the machine's {wall * (os.cpu_count() or 1):.2f}")
+          + f"; all processes used {busy:.2f} CPU-s of the machine's {wall * (os.cpu_count() or 1):.2f}"
+          + f" (the S3 server {used_by_store:.2f}, this process with the client and the emulator {own:.2f})")
     return {"swaps": CONCURRENT_SWAPS, "remote_run_s": 1.0, "wall_s": round(wall, 2), "errors": len(errors),
             "swapper_cpu_ms_per_swap": round(cpu / CONCURRENT_SWAPS * 1000, 1), "load_average": round(load, 2),
-            "machine_busy_fraction": round(busy / (wall * (os.cpu_count() or 1)), 2)}
+            "machine_busy_fraction": round(busy / (wall * (os.cpu_count() or 1)), 2),
+            "s3_server_cpu_s": round(used_by_store, 2), "bench_process_cpu_s": round(own, 2)}
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds ``process`` has used so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _busy_s(times: Any) -> float:
