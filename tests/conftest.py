@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from tests.redis_server import RedisServer
 
 collect_ignore = [] if os.environ.get("FACEGEN_WORKER_TESTS") else ["worker"]
@@ -28,3 +30,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for one test, its spans kept in memory (``tests/spans.py`` reads them)."""
+    # Imported here: the worker's environment has no OpenTelemetry.
+    from tests.spans import recording
+
+    with recording() as exporter:
+        yield exporter

@@ -12,7 +12,8 @@ COPY constraints.txt /tmp/constraints.txt
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
         grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow pydantic-settings \
-        redis hiredis
+        redis hiredis \
+        prometheus-client opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 facegen \
@@ -31,6 +32,7 @@ RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/protos \
     PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     GATEWAY_LISTEN=0.0.0.0:50051

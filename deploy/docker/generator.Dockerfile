@@ -75,6 +75,7 @@ RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen/grpc_health_check.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/protos \
     PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     HF_HUB_OFFLINE=1 \

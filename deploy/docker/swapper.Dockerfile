@@ -17,7 +17,9 @@ COPY constraints.txt /tmp/constraints.txt
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install -c /tmp/constraints.txt \
         grpcio grpcio-health-checking grpcio-reflection grpcio-status protobuf pillow pydantic-settings \
-        boto3 aiohttp redis hiredis
+        boto3 aiohttp redis hiredis \
+        prometheus-client opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+        opentelemetry-instrumentation-botocore opentelemetry-instrumentation-aiohttp-client
 # The identity extra, only when asked for. Of face-recognition-models' files the check uses the 5-point
 # landmarks and the ResNet descriptor: the 68-point model (~95 MB, a non-commercial training set) goes.
 RUN case "$SWAPPER_IDENTITY" in \
@@ -46,6 +48,7 @@ RUN /opt/venv/bin/python -m compileall -q /app /opt/facegen
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/protos \
     PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     SWAPPER_LISTEN=0.0.0.0:50053

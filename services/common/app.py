@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from services.common import logs
+from services.common import logs, tracing
 from services.common.config import ConfigError, ServerSettings
 from services.common.server import ServiceServer
 
@@ -108,12 +108,16 @@ def run_service(app_class: Callable[[S], ServiceApp], settings_class: type[S], n
     command = commands.get(args.command)
     try:
         settings = settings_class.from_env()
-        logs.configure(name, (command.log_level if command else None) or settings.log_level)
+        logs.configure(name, (command.log_level if command else None) or settings.log_level, settings.log_format)
         if command is not None:
             return asyncio.run(command.run(settings, args.args))
         if args.args:
             parser.error(f"serve takes no arguments: {' '.join(args.args)}")
-        return asyncio.run(serve(lambda: app_class(settings), name))
+        tracing.configure(name, settings.tracing)
+        try:
+            return asyncio.run(serve(lambda: app_class(settings), name))
+        finally:
+            tracing.shutdown()  # exports the spans still buffered
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
@@ -122,11 +126,14 @@ def run_service(app_class: Callable[[S], ServiceApp], settings_class: type[S], n
 async def serve(build: Callable[[], ServiceApp], name: str) -> int:
     """Builds the app (in the event loop, where its channels and tasks belong) and runs its life cycle."""
     app = build()
-    logs.event(log, f"{name}.config", logging.INFO, **app.describe())
+    settings = app.server.settings
+    config: dict[str, Any] = {**app.describe(), "metrics": settings.metrics_listen or "off",
+                              "tracing": settings.tracing.describe()}
+    logs.event(log, f"{name}.config", logging.INFO, **config)
     port = await app.listen()
-    health = {"health_port": app.server.health_port} if app.server.health_server is not None else {}
-    logs.event(log, "server.listening", service=name, address=app.server.settings.listen, port=port,
-               tls=app.server.settings.tls.server_mode, **health)
+    health: dict[str, Any] = {"health_port": app.server.health_port} if app.server.health_server else {}
+    logs.event(log, "server.listening", service=name, address=settings.listen, port=port,
+               tls=settings.tls.server_mode, metrics_port=app.server.metrics_endpoint.port or "-", **health)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -136,8 +143,8 @@ async def serve(build: Callable[[], ServiceApp], name: str) -> int:
         try:
             await app.ready()
         except Exception as exc:
-            log.error("event=server.start_failed service=%s error=%s", name, exc,
-                      exc_info=not isinstance(exc, (OSError, ValueError)))
+            logs.event(log, "server.start_failed", logging.ERROR, service=name, error=exc,
+                       exc_info=exc if not isinstance(exc, (OSError, ValueError)) else None)
             return
         logs.event(log, "server.serving", service=name, port=port)
 

@@ -20,6 +20,7 @@ environment.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -27,7 +28,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import annotated_types
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -48,6 +57,10 @@ MiB = 1024 * 1024
 # noise is ~12.6 MB, and a reference face may be 10 MB. 32 MiB leaves room
 # for protobuf framing and a preview without inviting unbounded messages.
 MAX_MESSAGE_BYTES = 32 * MiB
+
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]*\]|[^:\s]*):\d{1,5}$")
+Samplers = Literal["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+                   "parentbased_traceidratio"]
 
 # Suffix of the variable naming a file that holds a secret (a mounted Kubernetes or Docker secret).
 FILE_SUFFIX = "_FILE"
@@ -70,6 +83,7 @@ def _comma_list(value: object) -> object:
 # Field types every service uses.
 LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _stripped(str.upper)]
 Lowercase = _stripped(str.lower)
+LogFormat = Annotated[Literal["text", "json"], Lowercase]
 # ``a, b,c`` → ("a", "b", "c"); blanks dropped (NoDecode: not read as JSON).
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 
@@ -131,8 +145,43 @@ class EnvSettings(BaseSettings):
         return frozenset(names)
 
 
+class TracingSettings(EnvSettings):
+    """The standard OpenTelemetry variables this project reads (services/common/tracing.py; the OTLP
+    exporter reads its other OTEL_EXPORTER_OTLP_* variables itself)."""
+
+    endpoint: str | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                                                                     "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    protocol: Annotated[Literal["grpc"], Lowercase] = Field(
+        "grpc", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"))
+    # Plain gRPC to the collector (an http:// endpoint is plain too); TLS otherwise.
+    insecure: bool | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                                                                      "OTEL_EXPORTER_OTLP_INSECURE"))
+    # "key=value,..." sent with every export; may hold an API key.
+    headers: SecretStr | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                                                                          "OTEL_EXPORTER_OTLP_HEADERS"))
+    exporter: Annotated[Literal["otlp", "none"], Lowercase] = Field("otlp", validation_alias="OTEL_TRACES_EXPORTER")
+    service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
+    resource_attributes: str | None = Field(None, validation_alias="OTEL_RESOURCE_ATTRIBUTES")
+    sampler: Annotated[Samplers, Lowercase] = Field("parentbased_always_on", validation_alias="OTEL_TRACES_SAMPLER")
+    # The ratio of the traceidratio samplers (1.0 when unset, as the specification says).
+    sampler_arg: float | None = Field(None, ge=0.0, le=1.0, validation_alias="OTEL_TRACES_SAMPLER_ARG")
+    sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans are to be exported."""
+        return bool(self.endpoint) and not self.sdk_disabled and self.exporter != "none"
+
+    def describe(self) -> str:
+        """One value for the start-up log line."""
+        if not self.enabled:
+            return "off"
+        ratio = f" {self.sampler_arg:g}" if self.sampler_arg is not None else ""
+        return f"{self.endpoint} ({self.sampler}{ratio})"
+
+
 class ServerSettings(EnvSettings):
-    """What every gRPC service reads: where it listens, how it stops, message size, log level.
+    """What every gRPC service reads: where it listens, how it stops, message size, logs, metrics, traces.
 
     A service's class sets ``env_prefix`` (``GATEWAY_``), its default ``listen``
     and the aliases of ``log_level`` it documents.
@@ -143,6 +192,12 @@ class ServerSettings(EnvSettings):
     grace_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=4 * MiB, le=512 * MiB, validation_alias="MAX_MESSAGE_BYTES")
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # "json": one JSON object per line (the container images set it); "text" reads better on a terminal.
+    log_format: LogFormat = Field("text", validation_alias="LOG_FORMAT")
+    # host:port of the Prometheus endpoint (GET /metrics), e.g. 0.0.0.0:9464; unset: none.
+    metrics_listen: str | None = None
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+
     # TLS (services/common/tls.py): a certificate and its key serve TLS; a CA as well requires
     # every client to present a certificate it signed (mTLS).
     tls_cert_file: Path | None = None
@@ -151,6 +206,13 @@ class ServerSettings(EnvSettings):
     # A second port, plaintext, that serves grpc.health.v1 only: for probes that cannot speak TLS
     # (Kubernetes' built-in gRPC probes). Unset: none.
     health_listen: str | None = None
+
+    @field_validator("metrics_listen", "health_listen")
+    @classmethod
+    def _host_and_port(cls, listen: str | None) -> str | None:
+        if listen is not None and not _LISTEN.match(listen.strip()):
+            raise ValueError("is not host:port (e.g. 0.0.0.0:9464)")
+        return listen.strip() if listen is not None else None
 
     @property
     def tls(self) -> TlsFiles:

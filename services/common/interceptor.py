@@ -30,8 +30,7 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         incident = new_incident_id()
-        log.error("event=rpc.internal_error method=%s incident=%s", method, incident,
-                  exc_info=exc)
+        logs.event(log, "rpc.internal_error", logging.ERROR, method=method, incident=incident, exc_info=exc)
         message = f"{message} (incident {incident})"
     else:
         logs.event(log, "rpc.error", method=method, code=code.name, message=message)

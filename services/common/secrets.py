@@ -1,19 +1,24 @@
-"""Masking of secrets for logs and error messages."""
+"""Masking of secrets for logs, error messages and reports."""
 
 from __future__ import annotations
 
 from pydantic import SecretStr
 
+# Shown characters: the last 4 at most, and only of a secret long enough that they are a small part of it.
+SHOWN = 4
+MIN_LENGTH_TO_SHOW = 16
+HIDDEN = "…"
+
 
 def mask(secret: str | SecretStr | None) -> str:
-    """Shows at most the first 6 and last 7 characters: ``rpa_YT…Q1tdxlb``.
+    """Shows at most the last 4 characters: ``…dxlb``; a secret under 16 characters is hidden entirely.
 
-    Short secrets are masked entirely, so that a mask never reveals most of one.
+    Enough to tell two keys apart in a log or a ``doctor`` report, never enough to use one.
     """
     if isinstance(secret, SecretStr):
         secret = secret.get_secret_value()
     if not secret:
         return "<unset>"
-    if len(secret) < 20:
-        return "…" * 3
-    return f"{secret[:6]}…{secret[-7:]}"
+    if len(secret) < MIN_LENGTH_TO_SHOW:
+        return HIDDEN
+    return f"{HIDDEN}{secret[-SHOWN:]}"

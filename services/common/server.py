@@ -1,7 +1,8 @@
 """The aio gRPC server bootstrap every service uses.
 
 It adds what every service needs and none should write again: the error
-interceptor, ``grpc.health.v1`` (NOT_SERVING until the service says it is
+interceptor, metrics and traces of every call (``observe.py``) and the
+``/metrics`` endpoint (on ``<SERVICE>_METRICS_LISTEN``), ``grpc.health.v1`` (NOT_SERVING until the service says it is
 ready, NOT_SERVING again as soon as shutdown starts), server reflection (v1 and v1alpha),
 message size limits that fit the largest allowed image, and a graceful stop
 that lets in-flight streams drain for a grace period. ``services.common.app``
@@ -14,6 +15,7 @@ status and nothing else, for probes that cannot present a client certificate.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -22,6 +24,8 @@ from grpc_health.v1.health import aio as health_aio
 
 from services.common.config import ServerSettings
 from services.common.interceptor import ErrorMappingInterceptor
+from services.common.metrics import MetricsEndpoint, ServiceMetrics
+from services.common.observe import ObservingInterceptor
 from services.common.reflection import enable_reflection
 from services.common.tls import server_credentials
 
@@ -42,12 +46,15 @@ class ServiceServer:
     """A started-or-not aio server for one or more services, with health and reflection."""
 
     def __init__(self, settings: ServerSettings, service_names: Iterable[str],
-                 register: Callable[[grpc.aio.Server], None]) -> None:
+                 register: Callable[[grpc.aio.Server], None], metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.service_names = tuple(service_names)
         self.health = health_aio.HealthServicer()
+        self.metrics = metrics or ServiceMetrics()
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, settings.metrics_listen)
         self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            # Observing first: it sees the status the error interceptor gives every outcome.
+            interceptors=[ObservingInterceptor(self.metrics.grpc_server), ErrorMappingInterceptor()],
             options=[
                 *message_size_options(settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -78,6 +85,7 @@ class ServiceServer:
         if self.settings.health_listen:
             self.health_port = await self._start_health_server(self.settings.health_listen)
         await self.server.start()
+        self.metrics_endpoint.start()
         return self.port
 
     async def _start_health_server(self, listen: str) -> int:
@@ -103,3 +111,5 @@ class ServiceServer:
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        # Last: the final counts stay readable while calls drain.
+        await asyncio.to_thread(self.metrics_endpoint.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -15,8 +16,10 @@ from services.common.server import ServiceServer
 from services.common.tls_files import TlsFiles
 from services.gateway.auth import Authenticator
 from services.gateway.manager import JobManager
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.service import GatewayServicer
 from services.gateway.settings import Settings
+from services.gateway.store import StoreUnavailable
 from services.gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 # How often the gateway looks at its job store's health to report it.
 HEALTH_POLL_SECONDS = 0.5
+# The queue depth gauge is read from the store every this many health polls (2 s).
+QUEUE_DEPTH_POLLS = 4
 
 
 class GatewayApp(ServiceApp):
@@ -31,15 +36,17 @@ class GatewayApp(ServiceApp):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.upstreams = Upstreams(settings)
-        self.manager = JobManager(settings, self.upstreams)
+        self.metrics = GatewayMetrics()
+        self.upstreams = Upstreams(settings, self.metrics.grpc_client)
+        self.manager = JobManager(settings, self.upstreams, metrics=self.metrics)
+        self.metrics.running_jobs.set_function(lambda: self.manager.active_jobs)
         self.auth = Authenticator(settings.tokens_file, settings.auth_token)
         servicer = GatewayServicer(self.manager, self.upstreams, self.auth)
 
         def register(server: grpc.aio.Server) -> None:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
-        self.server = ServiceServer(settings, [SERVICE_NAME], register)
+        self.server = ServiceServer(settings, [SERVICE_NAME], register, self.metrics)
         self._health: asyncio.Task[None] | None = None
         self._reload: asyncio.Task[None] | None = None
 
@@ -67,10 +74,16 @@ class GatewayApp(ServiceApp):
         self._health = asyncio.create_task(self._report_store_health(), name="gateway-health")
 
     async def _report_store_health(self) -> None:
-        """NOT_SERVING while the job store cannot be reached, so new work goes to other replicas."""
+        """NOT_SERVING while the job store cannot be reached, so new work goes to other replicas;
+        refreshes the queue depth gauge meanwhile."""
         serving = True
+        polls = 0
         while True:
             await asyncio.sleep(HEALTH_POLL_SECONDS)
+            polls += 1
+            if polls % QUEUE_DEPTH_POLLS == 1:
+                with contextlib.suppress(StoreUnavailable):
+                    self.metrics.queue_depth.set(await self.manager.store.queue_depth())
             healthy = self.manager.job_store_healthy
             if healthy != serving:
                 serving = healthy

@@ -58,7 +58,14 @@ _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 
 
 class AuthenticationFailed(Exception):
-    """The call's credentials are missing or unknown; the message says which, for the log (never the token)."""
+    """The call's credentials are missing or unknown; the message says which, for the log (never the token).
+
+    ``reason`` is a short label for metrics: ``missing``, ``malformed`` or ``unknown``.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -146,18 +153,18 @@ class Authenticator:
             return ANONYMOUS
         value = next((value for key, value in metadata or () if key == "authorization"), None)
         if value is None:
-            raise AuthenticationFailed("no authorization metadata")
+            raise AuthenticationFailed("no authorization metadata", "missing")
         text = value.decode(errors="replace") if isinstance(value, bytes) else value
         scheme, _, token = text.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationFailed("not a bearer token")
+            raise AuthenticationFailed("not a bearer token", "malformed")
         digest = _digest(token.strip())
         found = None
         for known in self._known:  # one snapshot: a reload replaces the tuple whole
             if hmac.compare_digest(digest, known.digest):
                 found = known.name
         if found is None:
-            raise AuthenticationFailed("unknown token")
+            raise AuthenticationFailed("unknown token", "unknown")
         return found
 
     def reload_if_changed(self) -> bool:

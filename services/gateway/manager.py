@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from facegen.v1 import gateway_pb2
-from services.common import logs
+from services.common import logs, tracing
 from services.common.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from services.common.model_limits import check_lora, find_model, settle
 from services.gateway.admission import AdmissionLimits
 from services.gateway.auth import caller_var
 from services.gateway.dispatcher import SHUTDOWN_MESSAGE, Dispatcher
 from services.gateway.memory_store import InMemoryJobStore
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.models import ModelCatalog
 from services.gateway.orchestrator import Services
 from services.gateway.settings import Settings
@@ -64,13 +65,15 @@ def build_store(settings: Settings) -> JobStore:
 class JobManager:
     """Owns this gateway's view of the jobs: the store, and the dispatcher that runs its share."""
 
-    def __init__(self, settings: Settings, upstreams: Upstreams, store: JobStore | None = None) -> None:
+    def __init__(self, settings: Settings, upstreams: Upstreams, store: JobStore | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.store = store or build_store(settings)
+        self.metrics = metrics or GatewayMetrics()
         self._upstreams = upstreams
         self._models = ModelCatalog(upstreams.list_models)
         self._shared = self.store.lease_seconds is not None
-        services = Services(settings, self.store, upstreams, resumable_swaps=self._shared)
+        services = Services(settings, self.store, upstreams, resumable_swaps=self._shared, metrics=self.metrics)
         self.dispatcher = Dispatcher(services, settings.instance, settings.max_running_jobs)
         # Decoding a 40 MP image takes ~160 MB for a moment: a few at a time, whatever the core count.
         self._validator = RequestValidator(max_decodes=min(4, max(2, os.cpu_count() or 2)))
@@ -105,6 +108,7 @@ class JobManager:
                 if existing is not None:
                     return _same_request(key, digest, *existing), False
             spec = await self._validator.validate(request)
+            spec.traceparent = tracing.current_traceparent()
             await self._check_against_upstreams(spec)
             place = await self.store.place_for_new_job()
             if place is None:
@@ -120,6 +124,7 @@ class JobManager:
             # Another submit with the same key won the race while this one was being validated.
             existing = await self.store.find(key)
             return _same_request(key, digest, *(existing or (created.job_id, digest))), False
+        self.metrics.jobs_submitted.labels(mode=spec.mode).inc()
         with logs.job_context(job_id):
             logs.event(log, "job.submitted", caller=caller_var.get(), **spec.summary)
         if self._shared:
@@ -221,6 +226,8 @@ class JobManager:
         events = self.store.watch(job_id, after_seq)
         closing = asyncio.ensure_future(self._closing.wait())
         step: asyncio.Future[gateway_pb2.JobEvent] | None = None
+        delivered = self.metrics.events_delivered
+        self.metrics.watch_streams.inc()
         try:
             while True:
                 step = asyncio.ensure_future(anext(events))
@@ -236,9 +243,11 @@ class JobManager:
                     raise Unavailable(f"{STORE_DOWN} (watch again from after_seq={last})") from None
                 last = event.seq
                 yield event
+                delivered.inc()
                 if event.stage == gateway_pb2.STAGE_TERMINAL:
                     return
         finally:
+            self.metrics.watch_streams.dec()
             closing.cancel()
             if step is not None and not step.done():
                 # The store's generator is suspended in that task: stop it there before closing it.

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 
 from facegen.v1 import gateway_pb2
 from services.common.errors import NotFound, ResourceExhausted
+from services.common.tracing import trace_id_of
 from services.gateway.admission import AdmissionLimits
 from services.gateway.store import (
     TERMINAL_STATES,
@@ -38,7 +39,7 @@ class _Entry:
 
     def __init__(self, job: NewJob) -> None:
         self.job = gateway_pb2.Job(job_id=job.job_id, state=gateway_pb2.JOB_STATE_QUEUED,
-                                   stage=gateway_pb2.STAGE_QUEUED)
+                                   stage=gateway_pb2.STAGE_QUEUED, trace_id=trace_id_of(job.spec.traceparent))
         self.job.created_at.GetCurrentTime()
         self.spec: JobSpec = job.spec
         self.idempotency_key = job.idempotency_key
@@ -139,6 +140,9 @@ class InMemoryJobStore(JobStore):
         return len(self._pending) + len(self._leased)
 
     # -- running -----------------------------------------------------------------
+
+    async def queue_depth(self) -> int:
+        return len(self._pending)
 
     async def claim(self, owner: str) -> Lease | None:
         if not self._pending or len(self._leased) >= self._limits.max_running:

@@ -23,13 +23,14 @@ import asyncio
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2, swapper_pb2
-from services.common import logs
+from services.common import logs, tracing
 from services.common.errors import FacegenError, Unavailable, is_internal, new_incident_id, status_for
-from services.common.names import stage_name
+from services.common.names import reason_name, stage_name
 from services.gateway.messages import image_result, result_message
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.progress import Progress, StageClock
 from services.gateway.settings import Settings
 from services.gateway.store import TERMINAL_STATES, ImageCheckpoint, JobStore, Lease, LeaseLost
@@ -55,6 +56,7 @@ class Services:
     upstreams: Upstreams
     # Swaps outlive a lost gateway so that another one resumes them (a shared store).
     resumable_swaps: bool = False
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
 
 class JobRun:
@@ -79,6 +81,10 @@ class JobRun:
         self._reference_task: asyncio.Task[str] | None = None
         self._swaps: list[asyncio.Task[None]] = []
         self._swap_slots = asyncio.Semaphore(services.settings.swap_concurrency)
+        self._metrics = services.metrics
+        # This run's span (a child of the submitting call's span, also on a resume); events go on it.
+        self._span = tracing.NO_SPAN
+        self._failure: str | None = None
         for index, point in self._images.items():
             if point.finished:
                 self._progress.image(index, 1.0)
@@ -116,13 +122,25 @@ class JobRun:
 
     async def _run(self) -> None:
         self._started = True
+        self._span = tracing.start_span("facegen.job", parent=tracing.context_of(self.spec.traceparent), attributes={
+            tracing.JOB_ID: self.job_id, "facegen.mode": self.spec.mode, "facegen.images": self.spec.num_images,
+            "facegen.resumed": self.lease.resumed, "facegen.gateway": self.lease.owner})
+        try:
+            with tracing.use_span(self._span):
+                await self._run_job()
+        finally:
+            tracing.end(self._span, self._failure)
+
+    async def _run_job(self) -> None:
         try:
             if self._detached or self._cancel_reason is not None:
                 raise asyncio.CancelledError
             if self.lease.resumed:
                 await self._announce_resume()
             else:
-                self._clock.record(QUEUED, time.time() - self.lease.created_at)
+                queued_s = time.time() - self.lease.created_at
+                self._clock.record(QUEUED, queued_s)
+                logs.event(log, "job.started", owner=self.lease.owner, queued_ms=round(queued_s * 1000))
             await self._execute()
             await self._finish()
         except asyncio.CancelledError:
@@ -138,7 +156,7 @@ class JobRun:
             code, message = status_for(exc)
             if is_internal(exc) and not isinstance(exc, FacegenError):
                 incident = new_incident_id()
-                log.error("event=job.internal_error incident=%s", incident, exc_info=exc)
+                logs.event(log, "job.internal_error", logging.ERROR, incident=incident, exc_info=exc)
                 message = f"{message} (incident {incident})"
             await self._end(gateway_pb2.JOB_STATE_FAILED, code.name, message)
         finally:
@@ -149,6 +167,7 @@ class JobRun:
         done = sum(point.finished for point in self._images.values())
         stored = sum(bool(point.stored_key) and not point.finished for point in self._images.values())
         previous = self.lease.previous_owner or "a gateway that stopped"
+        self._metrics.jobs_resumed.inc()
         logs.event(log, "job.resumed", previous=previous, finished=done, stored=stored)
         await self._emit(self._stage, f"resumed by gateway {self.lease.owner} after {previous} stopped "
                                       f"renewing its lease ({done} of {self.spec.num_images} images finished, "
@@ -303,7 +322,7 @@ class JobRun:
             except Exception as exc:
                 code, message = status_for(exc)
                 if is_internal(exc) and not isinstance(exc, FacegenError):
-                    log.error("event=job.swap_internal_error image=%d", index, exc_info=exc)
+                    logs.event(log, "job.swap_internal_error", logging.ERROR, image=index, exc_info=exc)
                 point.failure = gateway_pb2.ImageFailure(index=index, code=code.name, message=message)
                 self._progress.image(index, 1.0)
                 await self._emit(SWAPPING, f"image {index} failed: {code.name}: {message}", image_index=index,
@@ -397,11 +416,37 @@ class JobRun:
             failures=[point.failure for _, point in images if point.failure is not None] if code != "OK" else [],
             timings=self._clock.timings(),
             reference_key=self.spec.reference_key,
+            trace_id=tracing.trace_id_of(self.spec.traceparent) or tracing.trace_id(self._span),
         )
-        state_name = gateway_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
-        text = f"{state_name.lower()}" + (f": {code}: {message}" if code != "OK" else "")
+        state_name = gateway_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+        text = state_name + (f": {code}: {message}" if code != "OK" else "")
+        if state == gateway_pb2.JOB_STATE_FAILED:
+            self._failure = f"{code}: {message}"
         await self._emit(TERMINAL, text, state=state, result=result)
         self._ended = True
+        self._record(state_name, code, result)
+
+    def _record(self, state: str, code: str, result: gateway_pb2.JobResult) -> None:
+        """The job's line at INFO and its metrics, once, where its terminal event was written."""
+        metrics, mode = self._metrics, self.spec.mode
+        seconds = max(0.0, time.time() - self.lease.created_at)
+        metrics.jobs_finished.labels(mode=mode, state=state, code=code).inc()
+        metrics.job_seconds.labels(mode=mode, state=state).observe(seconds)
+        metrics.job_images.observe(self.spec.num_images)
+        for timing in result.timings:
+            metrics.stage_seconds.labels(stage=stage_name(timing.stage)).observe(timing.duration_ms / 1000)
+        fallbacks = 0
+        for image in result.images:
+            if image.face_swap_method == common_pb2.FACE_SWAP_METHOD_NONE:
+                fallbacks += 1
+                metrics.fallbacks.labels(reason=reason_name(image.fallback_reason)).inc()
+        swapped = len(result.images) - fallbacks
+        for outcome, count in (("swapped", swapped), ("fallback", fallbacks), ("failed", len(result.failures))):
+            if count:
+                metrics.images.labels(outcome=outcome).inc(count)
+        logs.event(log, "job.finished", state=state, code=code, duration_ms=round(seconds * 1000),
+                   images=len(result.images), swapped=swapped, fallbacks=fallbacks, failed=len(result.failures),
+                   trace_id=result.trace_id or "-")
 
     async def _cancel_left_over_swaps(self) -> None:
         """Ends the remote jobs and stored targets of resumable swaps that will never be followed again."""
@@ -434,10 +479,13 @@ class JobRun:
         event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
         checkpoints = None if checkpoint is None else {checkpoint: self._image(checkpoint)}
         await self._store.append(self.lease, event, state, checkpoints)
-        # Denoising steps are the bulk of a job's events: they are logged at DEBUG only.
-        logs.event(log, "job.event", logging.DEBUG if denoise is not None else logging.INFO,
-                   seq=event.seq, stage=stage_name(stage), percent=event.percent,
-                   image=image_index, message=message)
+        if self._span.is_recording():
+            # Progress goes on the job's span as events, not as a span per step.
+            self._span.add_event(f"job.{stage_name(stage)}", {"seq": event.seq, "percent": event.percent,
+                                                              "image": image_index, "message": message})
+        # The job's life at INFO (job.started, job.finished ...); each event at DEBUG only.
+        logs.event(log, "job.event", logging.DEBUG, seq=event.seq, stage=stage_name(stage),
+                   percent=round(event.percent, 2), image=image_index, message=message)
         if state in TERMINAL_STATES:
             self._ended = True
 

@@ -5,10 +5,11 @@ they live in one slot and the job's scripts run on Redis Cluster too. The
 queue, the leases and the admission count share the tag ``{queue}``.
 
 The job hash holds the plan (without image bytes: the images are in the
-swapper's storage), the state shown by Get, the lease (holder, epoch, expiry),
-a cancel request, and one checkpoint per image: ``img:<i>`` (stored key,
-remote job; JSON), ``res:<i>`` (its ImageResult) or ``fail:<i>`` (its
-ImageFailure). The events are a Stream whose entry ids are ``<seq>-0``.
+swapper's storage) with the traceparent of the call that submitted it, the
+state shown by Get, the lease (holder, epoch, expiry), a cancel request,
+and one checkpoint per image: ``img:<i>`` (stored key, remote job; JSON),
+``res:<i>`` (its ImageResult) or ``fail:<i>`` (its ImageFailure). The events
+are a Stream whose entry ids are ``<seq>-0``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from facegen.v1 import common_pb2, gateway_pb2, generator_pb2
+from services.common.tracing import trace_id_of
 from services.gateway.store import ImageCheckpoint, Lease, NewJob
 from services.gateway.validation import JobSpec
 
@@ -82,6 +84,7 @@ def job_fields(job: NewJob, created_ms: int) -> list[bytes | str | int | float]:
         "generate": spec.generate.SerializeToString() if spec.generate is not None else b"",
         "swap_options": spec.swap_options.SerializeToString(), "reference_key": spec.reference_key,
         "idem": job.idempotency_key, "fingerprint": job.fingerprint, "summary": json.dumps(spec.summary),
+        "traceparent": spec.traceparent,
     }
     for index, point in job.images.items():
         pairs.update(checkpoint_fields(index, point))
@@ -116,6 +119,7 @@ def spec_from_fields(fields: Fields) -> JobSpec:
         reference_key=_text(fields, "reference_key"),
         idempotency_key=_text(fields, "idem"),
         summary=json.loads(_text(fields, "summary", "{}")),
+        traceparent=_text(fields, "traceparent"),
     )
 
 
@@ -149,16 +153,17 @@ def lease_from_fields(job_id: str, owner: str, previous: str, fields: Fields) ->
         cancel_reason=cancel.decode() if cancel else None, previous_owner=previous)
 
 
-SNAPSHOT_FIELDS = ("state", "stage", "percent", "last_seq", "created_ms", "result")
+SNAPSHOT_FIELDS = ("state", "stage", "percent", "last_seq", "created_ms", "result", "traceparent")
 
 
 def job_from_snapshot(job_id: str, values: list[Any]) -> gateway_pb2.Job | None:
     """A Job from the hash fields named by SNAPSHOT_FIELDS (None when the job is unknown)."""
-    state, stage, percent, last_seq, created_ms, result = values
+    state, stage, percent, last_seq, created_ms, result, traceparent = values
     if state is None:
         return None
     job = gateway_pb2.Job(job_id=job_id, state=cast(gateway_pb2.JobState, int(state)),
-                          stage=cast(gateway_pb2.Stage, int(stage)), percent=float(percent), last_seq=int(last_seq))
+                          stage=cast(gateway_pb2.Stage, int(stage)), percent=float(percent), last_seq=int(last_seq),
+                          trace_id=trace_id_of((traceparent or b"").decode()))
     job.created_at.FromMilliseconds(int(created_ms))
     if result:
         job.result.ParseFromString(result)

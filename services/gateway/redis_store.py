@@ -226,6 +226,10 @@ class RedisJobStore(JobStore):
 
     # -- running -------------------------------------------------------------------------
 
+    async def queue_depth(self) -> int:
+        async with _reaching_redis():
+            return int(await self._redis.llen(self._keys.pending))
+
     async def claim(self, owner: str) -> Lease | None:
         take_orphans = self.healthy and time.monotonic() - self._healthy_since >= self.lease_seconds
         keys = self._keys

@@ -27,12 +27,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._manager = manager
         self._upstreams = upstreams
         self._auth = auth
+        self._auth_failures = manager.metrics.auth_failures
 
     async def _authorize(self, context: grpc.aio.ServicerContext, rpc: str) -> None:
         """Sets ``caller_var`` to the caller's name, or ends the call with UNAUTHENTICATED (one WARNING line)."""
         try:
             caller_var.set(self._auth.caller(context.invocation_metadata()))
         except AuthenticationFailed as exc:
+            self._auth_failures.labels(reason=exc.reason).inc()
             logs.event(log, "gateway.auth_failed", logging.WARNING, rpc=rpc, reason=exc, peer=context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "a valid 'authorization: Bearer <token>' metadata entry is required")

@@ -150,6 +150,10 @@ class JobStore(abc.ABC):
     # -- running -----------------------------------------------------------------
 
     @abc.abstractmethod
+    async def queue_depth(self) -> int:
+        """Jobs waiting for a running slot (of every gateway sharing the store). Raises StoreUnavailable."""
+
+    @abc.abstractmethod
     async def claim(self, owner: str) -> Lease | None:
         """The next job for ``owner`` to run: one whose lease ran out, or a queued one while
         fewer than the running limit hold leases; None when there is none."""

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from facegen.v1 import (
     common_pb2,
@@ -36,6 +37,8 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.metrics import GrpcClientMetrics
+from services.common.observe import ClientObserver
 from services.common.tls_files import ChangedWhileRead
 from services.common.watched_files import WatchedFiles
 from services.gateway.settings import Settings
@@ -48,6 +51,20 @@ LIST_MODELS_TIMEOUT_SECONDS = 15.0
 _INCIDENT = re.compile(r"\(incident ([0-9a-f]{6,32})\)")
 CANCEL_SWAP_TIMEOUT_SECONDS = 10.0
 MAX_DETAILS_CHARS = 500
+
+
+def _rpc(module: Any, service: str, method: str) -> str:
+    """``/facegen.v1.<Service>/<Method>``, as gRPC names the call."""
+    return f"/{module.DESCRIPTOR.services_by_name[service].full_name}/{method}"
+
+
+GENERATE = _rpc(generator_pb2, "GeneratorService", "Generate")
+LIST_MODELS = _rpc(generator_pb2, "GeneratorService", "ListModels")
+PUT_REFERENCE = _rpc(swapper_pb2, "SwapperService", "PutReference")
+PUT_TARGET = _rpc(swapper_pb2, "SwapperService", "PutTarget")
+CHECK_REFERENCE = _rpc(swapper_pb2, "SwapperService", "CheckReference")
+CANCEL_SWAP = _rpc(swapper_pb2, "SwapperService", "CancelSwap")
+SWAP = _rpc(swapper_pb2, "SwapperService", "Swap")
 
 _SAME_CODE: dict[grpc.StatusCode, type[FacegenError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
@@ -95,8 +112,9 @@ def translate(exc: grpc.aio.AioRpcError, upstream: str, timeout: float, started:
 class Upstreams:
     """Channels and stubs for the generator and the swapper (TLS with ``GATEWAY_UPSTREAM_TLS_*``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: GrpcClientMetrics | None = None) -> None:
         self._settings = settings
+        self._observer = ClientObserver(metrics or GrpcClientMetrics(CollectorRegistry()))
         tls_files = settings.upstream_tls
         self._certificates = WatchedFiles(*tls_files.paths) if tls_files.enabled else None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -158,68 +176,73 @@ class Upstreams:
 
     def generate(self, request: generator_pb2.GenerateRequest) -> AsyncGenerator[generator_pb2.GenerateEvent]:
         """Streams the generator's events; cancelling the consumer cancels the call."""
-        return self._stream(self._generator_channel, GENERATOR, self._generator.Generate, request,
+        return self._stream(self._generator_channel, GENERATOR, self._generator.Generate, GENERATE, request,
                             self._settings.generate_timeout_seconds, "GATEWAY_GENERATE_TIMEOUT_SECONDS")
 
     async def put_reference(self, job_id: str, image: bytes) -> str:
         """Stores the reference face; returns its storage key."""
         request = swapper_pb2.PutReferenceRequest(job_id=job_id, image=image)
-        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutReference, request,
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutReference, PUT_REFERENCE,
+                                     request,
                                      self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
         return str(response.key)
 
     async def put_target(self, job_id: str, index: int, image: bytes) -> str:
         """Stores a job's target image for a later Swap; returns its temporary storage key."""
         request = swapper_pb2.PutTargetRequest(job_id=job_id, image_index=index, image=image)
-        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutTarget, request,
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.PutTarget, PUT_TARGET, request,
                                      self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
         return str(response.key)
 
     async def check_reference(self, job_id: str, key: str) -> None:
         """InvalidInput for a malformed reference key, NotFound for one that is not stored."""
         request = swapper_pb2.CheckReferenceRequest(job_id=job_id, key=key)
-        await self._unary(self._swapper_channel, SWAPPER, self._swapper.CheckReference, request,
+        await self._unary(self._swapper_channel, SWAPPER, self._swapper.CheckReference, CHECK_REFERENCE, request,
                           self._settings.upload_timeout_seconds, "GATEWAY_UPLOAD_TIMEOUT_SECONDS")
 
     async def cancel_swap(self, job_id: str, index: int) -> bool:
         """Ends a resumable swap that nobody follows; True when a remote job was cancelled."""
         request = swapper_pb2.CancelSwapRequest(job_id=job_id, image_index=index)
-        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.CancelSwap, request,
+        response = await self._unary(self._swapper_channel, SWAPPER, self._swapper.CancelSwap, CANCEL_SWAP, request,
                                      CANCEL_SWAP_TIMEOUT_SECONDS, "a fixed limit")
         return bool(response.remote_cancelled)
 
     def swap(self, request: swapper_pb2.SwapRequest) -> AsyncGenerator[swapper_pb2.SwapEvent]:
         """Streams the swapper's events for one image; cancelling the consumer cancels the call."""
-        return self._stream(self._swapper_channel, SWAPPER, self._swapper.Swap, request,
+        return self._stream(self._swapper_channel, SWAPPER, self._swapper.Swap, SWAP, request,
                             self._settings.swap_timeout_seconds, "GATEWAY_SWAP_TIMEOUT_SECONDS")
 
-    async def _stream(self, channel: grpc.aio.Channel, upstream: str, method: Any, request: Any,
+    async def _stream(self, channel: grpc.aio.Channel, upstream: str, method: Any, rpc: str, request: Any,
                       deadline_s: float, setting: str) -> AsyncGenerator[Any]:
         """One server-streaming call with its deadline; errors translated, the call cancelled on exit."""
         await self._connected(channel, upstream)
         started = time.monotonic()
-        call = method(request, timeout=deadline_s, wait_for_ready=True)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, upstream, deadline_s, started, setting) from None
-        finally:
-            call.cancel()
+        with self._observer.observe(rpc, "server_stream") as observed:
+            call = method(request, timeout=deadline_s, wait_for_ready=True, metadata=observed.metadata)
+            try:
+                async for event in call:
+                    yield event
+            except grpc.aio.AioRpcError as exc:
+                observed.code = exc.code()
+                raise translate(exc, upstream, deadline_s, started, setting) from None
+            finally:
+                call.cancel()
 
     async def list_models(self) -> common_pb2.ListModelsResponse:
         """The generator's model catalog."""
         response: common_pb2.ListModelsResponse = await self._unary(
-            self._generator_channel, GENERATOR, self._generator.ListModels, common_pb2.ListModelsRequest(),
-            LIST_MODELS_TIMEOUT_SECONDS, "a fixed limit")
+            self._generator_channel, GENERATOR, self._generator.ListModels, LIST_MODELS,
+            common_pb2.ListModelsRequest(), LIST_MODELS_TIMEOUT_SECONDS, "a fixed limit")
         return response
 
-    async def _unary(self, channel: grpc.aio.Channel, upstream: str, method: Any, request: Any,
+    async def _unary(self, channel: grpc.aio.Channel, upstream: str, method: Any, rpc: str, request: Any,
                      deadline_s: float, setting: str) -> Any:
         """One unary call with its deadline; errors translated."""
         await self._connected(channel, upstream)
         started = time.monotonic()
-        try:
-            return await method(request, timeout=deadline_s, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, upstream, deadline_s, started, setting) from None
+        with self._observer.observe(rpc, "unary") as observed:
+            try:
+                return await method(request, timeout=deadline_s, wait_for_ready=True, metadata=observed.metadata)
+            except grpc.aio.AioRpcError as exc:
+                observed.code = exc.code()
+                raise translate(exc, upstream, deadline_s, started, setting) from None

@@ -51,11 +51,19 @@ class JobSpec:
     target_image: bytes | None = None
     idempotency_key: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    # The W3C traceparent of the call that submitted the job ("" without tracing): every run of the
+    # job, on any gateway, continues that trace.
+    traceparent: str = ""
 
     @property
     def template_mode(self) -> bool:
         """True when the face goes onto a given photo instead of generated images."""
         return self.generate is None
+
+    @property
+    def mode(self) -> str:
+        """``generate`` or ``template`` (a label of the job metrics)."""
+        return "template" if self.template_mode else "generate"
 
 
 def _range_error(name: str, allowed: str, got: object) -> InvalidInput:

@@ -12,6 +12,7 @@ from services.common.server import ServiceServer
 from services.generator.catalog import load_catalog
 from services.generator.device import resolve_device, use_torch_threads
 from services.generator.engine import Engine
+from services.generator.metrics import GeneratorMetrics
 from services.generator.pipelines import quiet_libraries
 from services.generator.service import GeneratorServicer
 from services.generator.settings import Settings
@@ -29,13 +30,14 @@ class GeneratorApp(ServiceApp):
         self.catalog = load_catalog(settings.catalog_path, settings.models_dir)
         self.device = resolve_device(settings.device)
         use_torch_threads(settings.torch_threads, self.device)
-        self.engine = Engine(settings, self.catalog, self.device)
+        self.metrics = GeneratorMetrics()
+        self.engine = Engine(settings, self.catalog, self.device, self.metrics)
         servicer = GeneratorServicer(self.engine)
 
         def register(server: grpc.aio.Server) -> None:
             generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
 
-        self.server = ServiceServer(settings, [SERVICE_NAME], register)
+        self.server = ServiceServer(settings, [SERVICE_NAME], register, self.metrics)
 
     def describe(self) -> Mapping[str, object]:
         """Device, catalog and batching."""

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from services.common import logs
 from services.common.errors import ResourceExhausted
 from services.generator.jobs import Job, queued_event
 
@@ -71,7 +72,7 @@ class Batcher:
                 await self._execute(batch)
             except Exception as exc:
                 # A bug in execute must fail its batch, not stop the worker and strand every later job.
-                log.error("event=generate.batch_crashed error=%s", exc, exc_info=exc)
+                logs.event(log, "generate.batch_crashed", logging.ERROR, error=exc, exc_info=exc)
                 for job in batch:
                     job.fail(exc)
 

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -34,6 +35,7 @@ from services.common import errors, logs
 from services.common.errors import FacegenError, Unavailable
 from services.generator.catalog import load_catalog
 from services.generator.device import Device, use_torch_threads
+from services.generator.device_report import DeviceReport
 from services.generator.jobs import Job
 from services.generator.params import GenerationParams
 from services.generator.pipelines import PipelineRegistry, quiet_libraries
@@ -50,9 +52,11 @@ _STOP_WAIT_S = 5.0
 class ProcessRunner:
     """Runs loads and pipeline calls in a child process (``GENERATOR_DEVICE_ISOLATION=process``)."""
 
-    def __init__(self, settings: Settings, device: Device) -> None:
+    def __init__(self, settings: Settings, device: Device,
+                 on_report: Callable[[DeviceReport], None] = lambda _report: None) -> None:
         self.settings = settings
         self.device = device
+        self._on_report = on_report
         # Children fork from a server process that imported torch and diffusers once (and
         # started no threads), so a child is up in a fraction of a second, not the seconds a
         # fresh interpreter takes to import them.
@@ -87,10 +91,10 @@ class ProcessRunner:
         reply = await self._command(("run", [job.params for job in jobs]), jobs)
         if reply[0] == "interrupted":
             raise BatchInterrupted(reply[1])
-        _, images, duration_ms, steps_run = reply
+        _, images, duration_ms, steps_run, denoise_ms = reply
         return BatchOutput(images=[[Image.frombytes(mode, size, data) for mode, size, data in per_job]
                                    for per_job in images],
-                           duration_ms=duration_ms, steps_run=steps_run)
+                           duration_ms=duration_ms, steps_run=steps_run, denoise_ms=denoise_ms)
 
     def cancel(self, job: Job) -> None:
         """Marks ``job`` cancelled; when it is in the running batch, raises its flag for the child."""
@@ -169,11 +173,13 @@ class ProcessRunner:
                 if message[1] < len(batch):
                     batch[message[1]].emit(generator_pb2.GenerateEvent.FromString(message[2]))
                 continue
+            report: DeviceReport = message[-1]
+            self._loaded = frozenset(report.loaded)
+            self._on_report(report)
             reply = self._reply
             if reply is None or reply.done():
                 continue
             if kind == "ok":
-                self._loaded = message[2]
                 reply.set_result(message[1])
             else:
                 reply.set_exception(_rebuild_error(message[1], message[2]))
@@ -234,7 +240,7 @@ class _Member:
 def child_main(settings: Settings, device_name: str, conn: multiprocessing.connection.Connection,
                cancel: Any, progress: Any) -> None:
     """The child: serves commands until ``stop`` or until the parent's end of the pipe closes."""
-    logs.configure("generator", settings.log_level)
+    logs.configure("generator", settings.log_level, settings.log_format)
     quiet_libraries()
     device = Device(device_name)
     use_torch_threads(settings.torch_threads, device)
@@ -250,12 +256,12 @@ def child_main(settings: Settings, device_name: str, conn: multiprocessing.conne
         try:
             result = _handle(message, registry, device, conn, cancel, progress)
         except FacegenError as exc:
-            conn.send(("error", type(exc).__name__, str(exc)))
+            conn.send(("error", type(exc).__name__, str(exc), registry.report()))
         except Exception as exc:
-            log.error("event=generate.device_error error=%s", exc, exc_info=exc)
-            conn.send(("error", "", f"{type(exc).__name__}: {exc}"))
+            logs.event(log, "generate.device_error", logging.ERROR, error=exc, exc_info=exc)
+            conn.send(("error", "", f"{type(exc).__name__}: {exc}", registry.report()))
         else:
-            conn.send(("ok", result, registry.loaded_names()))
+            conn.send(("ok", result, registry.report()))
 
 
 def _handle(message: tuple[Any, ...], registry: PipelineRegistry, device: Device,
@@ -275,5 +281,5 @@ def _handle(message: tuple[Any, ...], registry: PipelineRegistry, device: Device
             except BatchInterrupted as stop:
                 return ("interrupted", stop.step)
         images = [[(image.mode, image.size, image.tobytes()) for image in per_job] for per_job in output.images]
-        return ("done", images, output.duration_ms, output.steps_run)
+        return ("done", images, output.duration_ms, output.steps_run, output.denoise_ms)
     raise ValueError(f"unknown device command {kind!r}")

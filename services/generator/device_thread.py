@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 
 from services.generator.catalog import Catalog
 from services.generator.device import Device, use_torch_threads
+from services.generator.device_report import DeviceReport
 from services.generator.jobs import Job
 from services.generator.pipelines import PipelineRegistry
 from services.generator.runner import BatchOutput, run_batch, warm_up
@@ -51,10 +52,12 @@ class DeviceRunner(Protocol):
 class ThreadRunner:
     """Everything on one thread of this process (``GENERATOR_DEVICE_ISOLATION=thread``)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, device: Device) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, device: Device,
+                 on_report: Callable[[DeviceReport], None] = lambda _report: None) -> None:
         self.settings = settings
         self.device = device
         self.registry = PipelineRegistry(catalog, device, settings.max_loaded_models, settings.max_loaded_loras)
+        self._on_report = on_report
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-device",
                                             initializer=self._init_thread)
 
@@ -88,4 +91,11 @@ class ThreadRunner:
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
+        return await loop.run_in_executor(self._executor, functools.partial(context.run, self._reporting, fn, *args))
+
+    def _reporting(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the device thread, then the device's report (also when it failed)."""
+        try:
+            return fn(*args)
+        finally:
+            self._on_report(self.registry.report())

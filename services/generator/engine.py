@@ -11,21 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import time
 
 from PIL import Image
 
 from facegen.v1 import common_pb2
 from services.common import logs
-from services.common.errors import Unavailable
+from services.common.errors import ResourceExhausted, Unavailable
 from services.generator.batcher import Batcher
 from services.generator.catalog import Catalog
 from services.generator.device import Device
 from services.generator.device_process import ProcessRunner
 from services.generator.device_thread import DeviceRunner, ThreadRunner
 from services.generator.jobs import Job, done_event, image_event
+from services.generator.metrics import GeneratorMetrics
 from services.generator.params import GenerationParams
-from services.generator.runner import BatchInterrupted, BatchOutput, BatchRecord, encode_png
+from services.generator.runner import BatchInterrupted, BatchOutput, encode_png
 from services.generator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,20 @@ log = logging.getLogger(__name__)
 class Engine:
     """Accepts validated requests and runs them on the device in batches."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, device: Device) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, device: Device,
+                 metrics: GeneratorMetrics | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.device = device
-        self.runner: DeviceRunner = (ProcessRunner(settings, device) if settings.device_isolation == "process"
-                                     else ThreadRunner(settings, catalog, device))
+        self.metrics = metrics or GeneratorMetrics()
+        self.runner: DeviceRunner = (
+            ProcessRunner(settings, device, self.metrics.device) if settings.device_isolation == "process"
+            else ThreadRunner(settings, catalog, device, self.metrics.device))
         self._batcher = Batcher(self._execute, settings.queue_size, settings.batch_window_ms / 1000,
                                 settings.max_batch_images)
+        self.metrics.queue_depth.set_function(lambda: self._batcher.waiting)
         self._worker: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
-        # The last batches, newest last (for tests, the benchmark and debugging).
-        self.history: deque[BatchRecord] = deque(maxlen=256)
         self.ready = False
 
     async def start(self) -> None:
@@ -105,23 +108,40 @@ class Engine:
             return
         ids = tuple(job.params.job_id for job in live)
         images = sum(job.params.num_images for job in live)
+        model = live[0].params.model
+        metrics = self.metrics
+        now = time.monotonic()
+        for job in live:
+            metrics.queue_wait_seconds.labels(model=model).observe(now - job.enqueued_at)
+        metrics.batch_images.labels(model=model).observe(images)
+        metrics.batch_requests.labels(model=model).observe(len(live))
+        for job in live:
+            if job.span.is_recording():
+                job.span.add_event("generate.batch_started", {"requests": len(live), "images": images})
         with logs.job_context(",".join(ids)):
-            logs.event(log, "generate.started", model=live[0].params.model, requests=len(live), images=images)
+            logs.event(log, "generate.started", model=model, requests=len(live), images=images)
             try:
                 output = await self.runner.run(live)
             except BatchInterrupted as stop:
-                cancelled_after = max(job.cancelled_after_step or 0 for job in live)
-                self.history.append(BatchRecord(ids, images, stop.step, "cancelled", cancelled_after))
-                logs.event(log, "generate.interrupted", step=stop.step, cancelled_after_step=cancelled_after)
+                metrics.batches.labels(model=model, outcome="cancelled").inc()
+                logs.event(log, "generate.interrupted", step=stop.step,
+                           cancelled_after_step=max(job.cancelled_after_step or 0 for job in live))
                 return
             except Exception as exc:
-                self.history.append(BatchRecord(ids, images, 0, "failed"))
+                metrics.batches.labels(model=model, outcome="failed").inc()
+                if isinstance(exc, ResourceExhausted):  # the device's only refusal: out of memory
+                    metrics.out_of_memory.labels(model=model).inc()
                 for job in live:
                     job.fail(exc)
                 return
-            left = tuple(job.params.job_id for job in live if job.cancelled.is_set())
-            self.history.append(BatchRecord(ids, images, output.steps_run, "done", cancelled_jobs=left))
-            logs.event(log, "generate.finished", duration_ms=output.duration_ms, requests=len(live))
+            metrics.batches.labels(model=model, outcome="done").inc()
+            if output.steps_run:
+                step = metrics.step_seconds.labels(model=model)
+                for _ in range(output.steps_run):
+                    step.observe(output.denoise_ms / 1000 / output.steps_run)
+            left = [job.params.job_id for job in live if job.cancelled.is_set()]
+            logs.event(log, "generate.finished", duration_ms=output.duration_ms, requests=len(live), images=images,
+                       steps=output.steps_run, left=",".join(left) or "-")
         task = asyncio.create_task(self._deliver(live, output))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)

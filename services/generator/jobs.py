@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from facegen.v1 import generator_pb2
+from services.common import tracing
 from services.generator.params import GenerationParams
 
 _END = object()
@@ -37,6 +38,8 @@ class Job:
         self._loop_thread = threading.get_ident()
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._closed = False
+        # The span of the call that asked for it (it is created in that call's context).
+        self.span = tracing.current_span()
 
     @property
     def closed(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -17,6 +18,7 @@ from services.common import logs
 from services.common.errors import FacegenError, FailedPrecondition, ResourceExhausted, Unavailable
 from services.generator.catalog import Catalog, ModelSpec
 from services.generator.device import Device, is_out_of_memory, release_cached_memory
+from services.generator.device_report import DeviceReport
 from services.generator.params import LoraChoice
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,7 @@ class LoadedModel:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise
-            log.error("event=lora.load_failed lora=%s path=%s error=%s", name, entry.path, exc,
-                      exc_info=exc)
+            logs.event(log, "lora.load_failed", logging.ERROR, lora=name, path=entry.path, error=exc, exc_info=exc)
             raise Unavailable(f"lora {name!r} could not be loaded on the generator (see its log)") from exc
         self._adapters[name] = None
         logs.event(log, "lora.attached", model=self.spec.name, lora=name)
@@ -120,10 +121,24 @@ class PipelineRegistry:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         # Replaced (never mutated) on every change, so other threads can read it safely.
         self._loaded_names: frozenset[str] = frozenset()
+        # (model, seconds) of the loads since the last report.
+        self._loads: list[tuple[str, float]] = []
 
     def loaded_names(self) -> frozenset[str]:
         """Names of the models in memory (safe to call from any thread)."""
         return self._loaded_names
+
+    def report(self) -> DeviceReport:
+        """The models and adapters in memory, the loads since the last report, and GPU memory (device thread)."""
+        loads, self._loads = self._loads, []
+        memory = None
+        if self.device.is_cuda:
+            import torch
+
+            memory = (int(torch.cuda.memory_allocated(self.device.name)),
+                      int(torch.cuda.memory_reserved(self.device.name)))
+        return DeviceReport(loaded={name: model.adapters for name, model in self._loaded.items()},
+                            loads=tuple(loads), memory=memory)
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, loading it (and dropping the least recently used) if needed."""
@@ -132,7 +147,9 @@ class PipelineRegistry:
             self._loaded.move_to_end(name)
             return model
         self._make_room()
+        started = time.perf_counter()
         model = self._load(self.catalog.models[name])
+        self._loads.append((name, time.perf_counter() - started))
         self._loaded[name] = model
         self._loaded_names = frozenset(self._loaded)
         return model
@@ -159,8 +176,8 @@ class PipelineRegistry:
         logs.event(log, "model.loading", model=spec.name, family=spec.family, source=spec.source,
                    device=self.device.name, dtype=str(dtype).removeprefix("torch."))
         if spec.path is not None and not (spec.path / "model_index.json").is_file():
-            log.error("event=model.missing model=%s path=%s hint=%s", spec.name, spec.path,
-                      "run `make setup` (tiny models) or fix the catalog path")
+            logs.event(log, "model.missing", logging.ERROR, model=spec.name, path=spec.path,
+                       hint="run `make setup` (tiny models) or fix the catalog path")
             raise Unavailable(f"model {spec.name!r} is not installed on the generator")
         try:
             pipe = cls.from_pretrained(spec.source, **kwargs)
@@ -172,8 +189,8 @@ class PipelineRegistry:
             if is_out_of_memory(exc):
                 release_cached_memory(self.device)
                 raise ResourceExhausted(f"model {spec.name!r} does not fit in the device's memory") from exc
-            log.error("event=model.load_failed model=%s source=%s error=%s", spec.name, spec.source, exc,
-                      exc_info=exc)
+            logs.event(log, "model.load_failed", logging.ERROR, model=spec.name, source=spec.source, error=exc,
+                       exc_info=exc)
             raise Unavailable(f"model {spec.name!r} could not be loaded on the generator (see its log)") \
                 from exc
         logs.event(log, "model.loaded", model=spec.name, attention=_attention_kinds(pipe))

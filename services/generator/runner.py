@@ -68,20 +68,8 @@ class BatchOutput:
     images: list[list[Image.Image]]
     duration_ms: int
     steps_run: int
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """What happened to one batch (kept for logs, tests and the benchmark)."""
-
-    job_ids: tuple[str, ...]
-    images: int
-    steps_run: int
-    outcome: str  # "done", "cancelled" or "failed"
-    # For a cancelled batch: the most steps any job had finished when its caller cancelled.
-    cancelled_after_step: int | None = None
-    # Jobs of a finished batch whose callers had left (their images were dropped).
-    cancelled_jobs: tuple[str, ...] = ()
+    # From the call's start to the end of its last denoising step (the decode and the rest excluded).
+    denoise_ms: int = 0
 
 
 def run_batch(model: LoadedModel, jobs: Sequence[BatchMember], device: Device) -> BatchOutput:
@@ -99,10 +87,12 @@ def run_batch(model: LoadedModel, jobs: Sequence[BatchMember], device: Device) -
             # CPU generators: the same seed gives the same starting noise on every device.
             generators.append(torch.Generator("cpu").manual_seed(seed))
     steps_run = 0
+    last_step_at = 0.0
 
     def on_step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        nonlocal steps_run
+        nonlocal steps_run, last_step_at
         steps_run = index + 1
+        last_step_at = time.perf_counter()
         live = [(job, offset) for job, offset in zip(jobs, offsets, strict=True) if not job.cancelled.is_set()]
         if not live:
             raise BatchInterrupted(steps_run)
@@ -147,7 +137,8 @@ def run_batch(model: LoadedModel, jobs: Sequence[BatchMember], device: Device) -
             f"{params.width}x{params.height}; retry with fewer or smaller images") from exc
     duration_ms = int((time.perf_counter() - started) * 1000)
     per_job = [images[offset:offset + job.params.num_images] for job, offset in zip(jobs, offsets, strict=True)]
-    return BatchOutput(images=per_job, duration_ms=duration_ms, steps_run=steps_run)
+    return BatchOutput(images=per_job, duration_ms=duration_ms, steps_run=steps_run,
+                       denoise_ms=int((last_step_at - started) * 1000) if steps_run else 0)
 
 
 def _image_latents(latents: torch.Tensor, offset: int, family: str, width: int, height: int,

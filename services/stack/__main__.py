@@ -57,19 +57,22 @@ def demo(out_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def up(run_dir: Path, gateways: int, shared_store: bool, tls: bool = False) -> int:
+def up(run_dir: Path, gateways: int, shared_store: bool, tls: bool = False, otlp_endpoint: str = "") -> int:
     """Starts the stack and keeps it running until Ctrl-C, SIGTERM or SIGHUP."""
-    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, tls=tls) as stack:
+    with LocalStack(run_dir, gateways=gateways, shared_store=shared_store, tls=tls,
+                    otlp_endpoint=otlp_endpoint) as stack:
         assert stack.addresses is not None
         a = stack.addresses
         replicas = "".join(f"gateway   {address}\n" for address in a.gateways)
         store = f"redis     {a.redis} (the gateways' job store)\n" if a.redis else ""
+        metrics = "".join(f"metrics   {url} ({name})\n" for name, url in a.metrics.items())
+        traces = f"traces    sent to {otlp_endpoint}\n" if otlp_endpoint else ""
         certs = stack.certificates
         secured = (f"tls       CA {certs.ca} (every gRPC hop; the generator and swapper take only the gateway's "
                    f"client certificate)\n" if certs else "")
         connect = f" --tls-ca {certs.ca}" if certs else ""
         print(f"{replicas}{store}generator {a.generator}\nswapper   {a.swapper}\n"
-              f"s3        {a.s3}\nrunpod    {a.runpod}\n{secured}logs      {run_dir}\n"
+              f"s3        {a.s3}\nrunpod    {a.runpod}\n{metrics}{traces}{secured}logs      {run_dir}\n"
               f"try: facegen --gateway {a.gateway}{connect} health\nCtrl-C (or SIGTERM, SIGHUP) stops everything.",
               flush=True)
         try:
@@ -112,6 +115,8 @@ def main() -> int:
     serve.add_argument("--gateways", type=int, default=1,
                        help="gateway replicas; more than one share a Redis job store (default: 1)")
     serve.add_argument("--redis", action="store_true", help="a Redis job store even for one gateway")
+    serve.add_argument("--otlp-endpoint", default="", metavar="URL",
+                       help="send every service's spans there (OTLP over gRPC, e.g. http://127.0.0.1:4317)")
     serve.add_argument("--tls", action="store_true",
                        help="TLS on every gRPC hop with a CA made at start (in <run dir>/tls); mTLS to the "
                             "generator and the swapper")
@@ -121,7 +126,7 @@ def main() -> int:
     try:
         if args.command == "demo":
             return demo(args.out)
-        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.tls)
+        return up(args.run_dir or _run_dir(), args.gateways, args.redis, args.tls, args.otlp_endpoint)
     except StackError as error:
         logs_line(f"the stack failed to start: {error}")
         return 1

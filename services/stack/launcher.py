@@ -5,7 +5,9 @@ behind its local RunPod queue API, the generator, the swapper and the gateway
 (or several gateway replicas sharing a Redis job store: ``gateways=N``).
 Each runs as its own process on a free loopback port, wired together by
 environment settings exactly as a deployment would wire them, with its log in
-``<run dir>/<name>.log``. With ``tls=True`` every gRPC hop uses TLS with a
+``<run dir>/<name>.log`` and its Prometheus metrics on a port of its own
+(``StackAddresses.metrics``). Given an OTLP endpoint, every service exports
+its spans there. With ``tls=True`` every gRPC hop uses TLS with a
 throwaway CA made at start (``<run dir>/tls/``, ``services.stack.certs``): the
 generator and the swapper require the gateway's client certificate, the
 gateway serves TLS to clients, and each service's readiness is read from a
@@ -158,6 +160,8 @@ class StackAddresses:
     gateways: list[str] = field(default_factory=list)
     # The shared job store's URL ("" when the one gateway keeps its jobs in memory).
     redis: str = ""
+    # Service (gateway replicas by name, "runpod" for the endpoint) -> URL of its Prometheus metrics.
+    metrics: dict[str, str] = field(default_factory=dict)
     # With TLS: each gRPC service's plaintext health port (name -> host:port).
     health: dict[str, str] = field(default_factory=dict)
 
@@ -175,6 +179,8 @@ class LocalStack:
     # TLS on every gRPC hop, mTLS to the generator and the swapper, with a CA made at start.
     tls: bool = False
     api_key: str = field(default_factory=lambda: "rpa_local_" + secrets.token_hex(16))
+    # Where every service sends its spans (OTLP over gRPC, e.g. http://127.0.0.1:4317); "": no tracing.
+    otlp_endpoint: str = ""
     certificates: StackCertificates | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     addresses: StackAddresses | None = None
@@ -190,18 +196,21 @@ class LocalStack:
     def start(self) -> StackAddresses:
         """Starts every service and waits until all are healthy; stops them all if one fails."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        names = ["s3", "runpod", "generator", "swapper", *self.gateway_names]
-        ports = {name: free_port() for name in [*names, "redis"]}
+        grpc_services = ["generator", "swapper", *self.gateway_names]
+        names = ["s3", "runpod", *grpc_services]
+        ports = {name: free_port() for name in [*names, "redis", *(f"{name}-metrics" for name in grpc_services)]}
         gateways = [f"127.0.0.1:{ports[name]}" for name in self.gateway_names]
+        metrics = {name: f"http://127.0.0.1:{ports[name + '-metrics']}/metrics" for name in grpc_services}
         if self.tls:
             self.certificates = make_stack_certificates(self.run_dir / "tls")
-        health = {name: f"127.0.0.1:{free_port()}" for name in ["generator", "swapper", *self.gateway_names]} \
+        health = {name: f"127.0.0.1:{free_port()}" for name in grpc_services} \
             if self.tls else {}
         self.addresses = StackAddresses(
             s3=f"http://127.0.0.1:{ports['s3']}", runpod=f"http://127.0.0.1:{ports['runpod']}/v2",
             generator=f"127.0.0.1:{ports['generator']}", swapper=f"127.0.0.1:{ports['swapper']}",
             gateway=gateways[0], gateways=gateways,
-            redis=f"redis://127.0.0.1:{ports['redis']}/0" if self.uses_redis else "", health=health)
+            redis=f"redis://127.0.0.1:{ports['redis']}/0" if self.uses_redis else "", health=health,
+            metrics={**metrics, "runpod": f"http://127.0.0.1:{ports['runpod']}/metrics"})
         specs = self._specs(self.addresses, ports)
         try:
             # Storage, Redis, the endpoint and the generator start in parallel; the swapper
@@ -260,6 +269,15 @@ class LocalStack:
             **({"REDIS_URL": a.redis} if a.redis else {}),
         }
 
+    def _observed(self, name: str, a: StackAddresses) -> dict[str, str]:
+        """A service's metrics endpoint and, with an OTLP endpoint, its tracing settings."""
+        prefix = "GATEWAY" if name.startswith("gateway") else name.upper()
+        env = {f"{prefix}_METRICS_LISTEN": a.metrics[name].removeprefix("http://").removesuffix("/metrics")}
+        if self.otlp_endpoint:
+            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
+                        "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={name}"})
+        return env
+
     def _specs(self, a: StackAddresses, ports: dict[str, int]) -> dict[str, ServiceProcess]:
         python = sys.executable
         common = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.extra_env}
@@ -273,12 +291,14 @@ class LocalStack:
                            {**common, "FACESWAP_ENDPOINT_API_KEY": self.api_key},
                            lambda: http_ok(f"{a.runpod}/{ENDPOINT_ID}/health", auth)),
             ServiceProcess("generator", [python, "-m", "services.generator"],
-                           {**common, **self.tls_env("generator"), "GENERATOR_LISTEN": a.generator},
+                           {**common, **self._observed("generator", a), **self.tls_env("generator"),
+                            "GENERATOR_LISTEN": a.generator},
                            self._ready("generator", a.generator), start_timeout=300),
             ServiceProcess("swapper", [python, "-m", "services.swapper"],
-                           {**common, **self.swapper_env(), **self.tls_env("swapper"), "SWAPPER_LISTEN": a.swapper},
+                           {**common, **self._observed("swapper", a), **self.swapper_env(), **self.tls_env("swapper"),
+                            "SWAPPER_LISTEN": a.swapper},
                            self._ready("swapper", a.swapper)),
-            *(self._gateway_spec(name, address, a, {**common, **self.tls_env(name)})
+            *(self._gateway_spec(name, address, a, {**common, **self._observed(name, a), **self.tls_env(name)})
               for name, address in zip(self.gateway_names, a.gateways, strict=True)),
         ]
         if a.redis:

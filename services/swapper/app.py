@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
-from services.common import logs
+from services.common import logs, tracing
 from services.common.app import ServiceApp
 from services.common.redis import connect
 from services.common.secrets import mask
@@ -21,6 +21,8 @@ from services.swapper.blocking import BlockingPool
 from services.swapper.bucket import BucketSetup
 from services.swapper.endpoints import Endpoint, build_endpoints
 from services.swapper.identity import IdentityCheck
+from services.swapper.instrumentation import instrument_storage
+from services.swapper.metrics import SwapperMetrics
 from services.swapper.records import SwapRecords
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
@@ -42,7 +44,9 @@ class SwapperApp(ServiceApp):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.storage_pool = BlockingPool("storage", settings.storage_threads)
+        self.metrics = metrics = SwapperMetrics()
+        self.storage_pool = BlockingPool("storage", settings.storage_threads,
+                                         metrics.blocking_in_flight.labels(pool="storage"))
         self.storage: Storage | None = None
         self.client: RunPodClient | None = None
         self.endpoints: list[Endpoint] = []
@@ -51,19 +55,22 @@ class SwapperApp(ServiceApp):
         runpod = settings.runpod
         if runpod.enabled and runpod.api_key is not None:
             self.client = RunPodClient(runpod.api_base, runpod.api_key.get_secret_value(),
-                                       max_connections=settings.http_connections)
-            self.endpoints = build_endpoints(runpod, redis=self.redis)
+                                       max_connections=settings.http_connections, metrics=metrics)
+            self.endpoints = build_endpoints(runpod, redis=self.redis, metrics=metrics)
             remote = RemoteSwapper(runpod, self.client, self.endpoints, self.storage_pool)
         records = SwapRecords(self.redis, settings.record_grace_s) if self.redis is not None else None
         self.identity = IdentityCheck(settings.checks.identity_processes) if settings.checks.identity else None
         checks = ResultChecks(settings.checks, self.storage_pool, self.identity)
         self.core = Swapper(settings, self.storage_pool, remote, records, checks=checks)
+        metrics.swaps_in_flight.set_function(lambda: self.core.in_flight)
+        # S3 calls as spans under the Swap or Put call that makes them (botocore is patched process-wide).
+        self._uninstrument = instrument_storage() if tracing.enabled() else None
         servicer = SwapperServicer(self.core)
 
         def register(server: grpc.aio.Server) -> None:
             swapper_pb2_grpc.add_SwapperServiceServicer_to_server(servicer, server)
 
-        self.server = ServiceServer(settings, [SERVICE_NAME], register)
+        self.server = ServiceServer(settings, [SERVICE_NAME], register, metrics)
 
     @property
     def store(self) -> ObjectStore | None:
@@ -91,7 +98,8 @@ class SwapperApp(ServiceApp):
     def build_storage(self) -> Storage:
         """The blocking storage client (blocking: boto3 builds its client)."""
         if self.storage is None:
-            self.storage = Storage(S3Bucket(self.settings.storage, pool_size=self.settings.storage_threads))
+            self.storage = Storage(S3Bucket(self.settings.storage, pool_size=self.settings.storage_threads),
+                                   self.metrics)
         return self.storage
 
     async def prepare_once(self) -> None:
@@ -136,6 +144,8 @@ class SwapperApp(ServiceApp):
         if self.redis is not None:
             await self.redis.aclose()
         await asyncio.to_thread(self.storage_pool.shutdown, True)
+        if self._uninstrument is not None:
+            self._uninstrument()
         if self.identity is not None:
             await asyncio.to_thread(self.identity.close)
 

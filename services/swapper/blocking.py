@@ -1,9 +1,11 @@
 """Bounded thread pools for the blocking calls (boto3, Pillow).
 
-Blocking calls never run on the event loop. Each pool counts the calls that
-are still running in a thread, even after the coroutine that started one was
-cancelled, so a job can wait for its own leftovers before it reports that it
-has ended, and tests can check that nothing is left running.
+Blocking calls never run on the event loop. A ``CallScope`` keeps the calls
+one job started, even after the coroutine that started one was cancelled, so
+the job can wait for its own leftovers before it reports that it has ended.
+Each pool counts its calls in flight on a gauge (the
+``facegen_swapper_blocking_calls_in_flight`` metric), which tests read to
+check that nothing is left running.
 """
 
 from __future__ import annotations
@@ -11,37 +13,46 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class BlockingPool:
-    """A named ThreadPoolExecutor that counts calls in flight and keeps the caller's context."""
+class Gauge(Protocol):
+    """What a pool needs of its in-flight gauge (a labelled prometheus_client Gauge)."""
 
-    def __init__(self, name: str, max_workers: int) -> None:
+    def inc(self, amount: float = 1) -> None:
+        """Adds one call."""
+
+    def dec(self, amount: float = 1) -> None:
+        """Removes one call."""
+
+
+class _Uncounted:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+
+class BlockingPool:
+    """A named ThreadPoolExecutor that counts calls in flight (on ``in_flight``) and keeps the caller's context."""
+
+    def __init__(self, name: str, max_workers: int, in_flight: Gauge | None = None) -> None:
         self.name = name
         self.max_workers = max_workers
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
-        self._lock = threading.Lock()
-        self._inflight = 0
-
-    @property
-    def inflight(self) -> int:
-        """Calls submitted and not yet finished in their thread."""
-        with self._lock:
-            return self._inflight
+        self._in_flight = in_flight or _Uncounted()
 
     def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Starts ``fn`` in a thread with the caller's contextvars (job id for logs)."""
+        """Starts ``fn`` in a thread with the caller's contextvars (job id for logs, the current span)."""
         context = contextvars.copy_context()
         call = functools.partial(fn, *args, **kwargs)
-        with self._lock:
-            self._inflight += 1
+        self._in_flight.inc()
         try:
             future = self._executor.submit(context.run, call)
         except BaseException:
@@ -53,8 +64,7 @@ class BlockingPool:
         return future
 
     def _done(self, _future: Future[Any] | None) -> None:
-        with self._lock:
-            self._inflight -= 1
+        self._in_flight.dec()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs ``fn`` in a thread and awaits its result.

@@ -27,10 +27,12 @@ class CircuitBreaker:
     """Consecutive-failure circuit breaker with a single half-open probe."""
 
     def __init__(self, failure_threshold: int = 5, cooldown: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_open: Callable[[], None] = lambda: None) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
+        # Called each time the circuit opens (a metric counts it).
+        self._on_open = on_open
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_started: float | None = None
@@ -81,5 +83,7 @@ class CircuitBreaker:
                 # Failing while half-open (the probe or a poll): open again for a full cooldown.
                 self._opened_at = self._clock()
                 self._probe_started = None
+                self._on_open()
         elif self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
+            self._on_open()

@@ -31,7 +31,6 @@ class BatchDeleter:
         self._pending: list[tuple[str, asyncio.Future[bool]]] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
-        self.requests = 0
 
     def delete(self, key: str) -> asyncio.Future[bool]:
         """Queues ``key`` for deletion; the future is True when the store reported a failure for it."""
@@ -58,7 +57,6 @@ class BatchDeleter:
         batch = self._pending[:_MAX_DELETE_BATCH]
         del self._pending[:_MAX_DELETE_BATCH]
         self._busy = True
-        self.requests += 1
         work = self.pool.submit(self.delete_many, [key for key, _ in batch])
 
         def finished(done: Any) -> None:

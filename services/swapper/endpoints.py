@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 
 from services.common import logs
 from services.swapper.breaker import CircuitBreaker
+from services.swapper.metrics import BREAKER_VALUES, SwapperMetrics
 from services.swapper.ratelimit import EndpointRateLimiter
 from services.swapper.settings import RunPodSettings
 
@@ -60,15 +62,24 @@ class Endpoint:
             logs.event(log, "runpod.long_poll_disabled", logging.WARNING, endpoint=self.id, why=why)
 
 
+def _state_value(breaker: CircuitBreaker) -> float:
+    return BREAKER_VALUES[breaker.state]
+
+
 def build_endpoints(settings: RunPodSettings, clock: Callable[[], float] = time.monotonic,
-                    redis: aioredis.Redis | None = None) -> list[Endpoint]:
-    """The configured endpoints in failover order (primary first); rate limits shared through ``redis``."""
-    return [
-        Endpoint(
-            id=endpoint_id,
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock),
-            limiter=EndpointRateLimiter.for_runpod(settings.rate_safety, clock, redis=redis, endpoint=endpoint_id),
-            wait_ms=settings.status_wait_ms,
-        )
-        for endpoint_id in settings.endpoints
-    ]
+                    redis: aioredis.Redis | None = None, metrics: SwapperMetrics | None = None) -> list[Endpoint]:
+    """The configured endpoints in failover order (primary first); rate limits shared through ``redis``.
+
+    Each breaker's state is a gauge read when metrics are collected; each time it opens is counted.
+    """
+    metrics = metrics or SwapperMetrics()
+    endpoints = []
+    for endpoint_id in settings.endpoints:
+        opened = metrics.breaker_opened.labels(endpoint=endpoint_id)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock, on_open=opened.inc)
+        metrics.breaker_state.labels(endpoint=endpoint_id).set_function(functools.partial(_state_value, breaker))
+        endpoints.append(Endpoint(
+            id=endpoint_id, breaker=breaker, wait_ms=settings.status_wait_ms,
+            limiter=EndpointRateLimiter.for_runpod(settings.rate_safety, clock, redis=redis, endpoint=endpoint_id,
+                                                   metrics=metrics)))
+    return endpoints

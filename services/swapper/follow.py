@@ -77,6 +77,7 @@ class Follower:
                  rng: random.Random, max_long_polls: int) -> None:
         self.settings = settings
         self.client = client
+        self._metrics = client.metrics
         self.schedule = PollSchedule(settings.poll_min_s, settings.poll_max_s, settings.poll_ratio)
         self.backoff = Backoff()
         self._clock = clock
@@ -124,6 +125,7 @@ class Follower:
                 await emit(StatusChanged(job_id, endpoint.id, answer.status, answer.delay_ms, answer.execution_ms))
             if answer.status in TERMINAL:
                 job.settled = True
+                self._record(endpoint.id, answer)
                 return _terminal(answer, endpoint)
             if answer.status not in RUNNING:
                 trouble.odd += 1
@@ -132,6 +134,13 @@ class Follower:
                                        f"{clip(answer.status, 40)!r}")
             elif wait_ms and (changed or self._clock() - asked >= wait_ms / 2000):
                 gap = 0.0  # the endpoint long-polls: ask again at once
+
+    def _record(self, endpoint: str, answer: StatusAnswer) -> None:
+        """A remote job ended: its status, and how long it queued and ran on the endpoint."""
+        metrics = self._metrics
+        metrics.remote_jobs.labels(endpoint=endpoint, status=answer.status).inc()
+        metrics.remote_queue_seconds.labels(endpoint=endpoint).observe(answer.delay_ms / 1000)
+        metrics.remote_execution_seconds.labels(endpoint=endpoint).observe(answer.execution_ms / 1000)
 
     async def _ask(self, endpoint: Endpoint, job_id: str, deadline: float, wait_ms: int) -> StatusAnswer:
         timeout = max(0.001, min(self.settings.http_timeout_s + wait_ms / 1000, deadline - self._clock()))

@@ -26,13 +26,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
 from services.common import logs
 from services.common.redis import REDIS_DOWN
+from services.swapper.metrics import SwapperMetrics
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,17 @@ class SharedWindowLimiter:
 
 @dataclass
 class EndpointRateLimiter:
-    """One limiter per RunPod route class for one endpoint."""
+    """One limiter per RunPod route class for one endpoint; waits and refusals go to ``metrics``."""
 
     routes: dict[str, Limiter]
+    endpoint: str = ""
+    metrics: SwapperMetrics = field(default_factory=SwapperMetrics)
 
     @classmethod
     def for_runpod(cls, safety: float = 0.8, clock: Callable[[], float] = time.monotonic,
                    limits: dict[str, int] | None = None, window: float = RUNPOD_WINDOW_S,
-                   redis: aioredis.Redis | None = None, endpoint: str = "") -> EndpointRateLimiter:
+                   redis: aioredis.Redis | None = None, endpoint: str = "",
+                   metrics: SwapperMetrics | None = None) -> EndpointRateLimiter:
         """Limits at ``safety`` times RunPod's documented ones (or ``limits``); shared through ``redis`` if given."""
         table = limits or RUNPOD_LIMITS
         routes: dict[str, Limiter] = {}
@@ -184,8 +188,14 @@ class EndpointRateLimiter:
             else:
                 key = f"facegen:ratelimit:{{{endpoint}}}:{route}"
                 routes[route] = SharedWindowLimiter(redis, key, allowed, window, clock)
-        return cls(routes)
+        return cls(routes, endpoint, metrics or SwapperMetrics())
 
     async def acquire(self, route: str, deadline: float | None = None) -> float:
         """Waits for a slot on ``route`` ("run", "status" or "cancel")."""
-        return await self.routes[route].acquire(deadline, route)
+        try:
+            waited = await self.routes[route].acquire(deadline, route)
+        except RateLimitWouldExceedDeadline:
+            self.metrics.rate_limit_refusals.labels(endpoint=self.endpoint, route=route).inc()
+            raise
+        self.metrics.rate_limit_wait_seconds.labels(endpoint=self.endpoint, route=route).observe(waited)
+        return waited

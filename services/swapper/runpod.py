@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from services.common import tracing
 from services.swapper.backoff import parse_retry_after
 from services.swapper.fallback import clip
+from services.swapper.metrics import SwapperMetrics
 
 USER_AGENT = "facegen-swapper/0.2"
 _JSON = {"Content-Type": "application/json"}
@@ -106,9 +108,11 @@ class RunPodClient:
     The sessions are opened on first use, in the event loop that uses them.
     """
 
-    def __init__(self, api_base: str, api_key: str, max_connections: int = 256) -> None:
+    def __init__(self, api_base: str, api_key: str, max_connections: int = 256,
+                 metrics: SwapperMetrics | None = None) -> None:
         self.api_base = api_base.rstrip("/")
         self.max_connections = max_connections
+        self.metrics = metrics or SwapperMetrics()
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
         # Read once: aiohttp's trust_env would scan the environment on every request.
         self._proxy = _proxy_for(self.api_base)
@@ -119,14 +123,14 @@ class RunPodClient:
         if self._api is None:
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
             self._api = aiohttp.ClientSession(connector=connector, headers=self._headers, proxy=self._proxy,
-                                              cookie_jar=aiohttp.DummyCookieJar())
+                                              cookie_jar=aiohttp.DummyCookieJar(), trace_configs=_traced())
         return self._api
 
     def _plain_session(self) -> aiohttp.ClientSession:
         # Result downloads go wherever the worker says: never with our key.
         if self._plain is None:
             self._plain = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, trust_env=True,
-                                                cookie_jar=aiohttp.DummyCookieJar())
+                                                cookie_jar=aiohttp.DummyCookieJar(), trace_configs=_traced())
         return self._plain
 
     async def aclose(self) -> None:
@@ -178,7 +182,10 @@ class RunPodClient:
 
     async def _call(self, method: str, path: str, timeout_s: float, data: bytes | None = None,
                     params: dict[str, str] | None = None, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
-        route = path.split("/")[1] if "/" in path else path
+        endpoint, _, rest = path.partition("/")
+        route = rest.split("/")[0] if rest else endpoint
+        status = 0
+        started = time.perf_counter()
         try:
             async with self._api_session().request(
                     method, f"{self.api_base}/{path}", data=data, params=params,
@@ -191,6 +198,10 @@ class RunPodClient:
                 raw = await _read_capped(response, max_bytes, f"/{route}'s answer")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _transport_error(exc, f"/{route}") from None
+        finally:
+            metrics = self.metrics
+            metrics.runpod_requests.labels(endpoint=endpoint, route=route, status=str(status or "error")).inc()
+            metrics.runpod_seconds.labels(endpoint=endpoint, route=route).observe(time.perf_counter() - started)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -200,6 +211,17 @@ class RunPodClient:
         if not isinstance(body, dict):
             raise BadResponse(f"/{route} answered HTTP {status} with JSON that is not an object")
         return body
+
+
+def _traced() -> list[aiohttp.TraceConfig]:
+    """With tracing on, a client span per request, its context sent in ``traceparent`` (URLs without query)."""
+    if not tracing.enabled():
+        return []
+    from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+    # The query is dropped from the recorded URL: a result URL may be presigned.
+    return [create_trace_config(url_filter=lambda url: str(url.with_query(None)),
+                                tracer_provider=tracing.provider())]
 
 
 def _timeout(total: float) -> aiohttp.ClientTimeout:

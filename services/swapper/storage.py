@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -22,6 +23,7 @@ from services.common.errors import NotFound
 from services.swapper.blocking import BlockingPool
 from services.swapper.deleter import BatchDeleter
 from services.swapper.keys import reference_key
+from services.swapper.metrics import SwapperMetrics
 from services.swapper.s3 import S3Bucket, error_code
 
 log = logging.getLogger(__name__)
@@ -43,26 +45,41 @@ class ObjectInfo:
 
 
 class Storage:
-    """Blocking object calls (run them in a thread); the client is thread-safe."""
+    """Blocking object calls (run them in a thread); the client is thread-safe. Each request is timed
+    by operation (``facegen_swapper_storage_operation_duration_seconds``)."""
 
-    def __init__(self, s3: S3Bucket) -> None:
+    def __init__(self, s3: S3Bucket, metrics: SwapperMetrics | None = None) -> None:
         self.s3 = s3
         self.settings = s3.settings
         self.bucket = s3.bucket
         self.endpoint_url = s3.endpoint_url
         self.client = s3.client
+        self.metrics = metrics or SwapperMetrics()
+
+    @contextmanager
+    def _timed(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.metrics.storage_errors.labels(operation=operation).inc()
+            raise
+        finally:
+            self.metrics.storage_seconds.labels(operation=operation).observe(time.perf_counter() - started)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Uploads ``data`` under ``key``."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+            with self._timed("put_object"):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         except (ClientError, BotoCoreError) as exc:
             raise self.s3.fail(exc, "store an image") from None
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size and age, or None when it does not exist."""
-        answer = self._unless_missing("look up an object",
-                                      lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        with self._timed("head_object"):
+            answer = self._unless_missing("look up an object",
+                                          lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         if answer is None:
             return None
         return ObjectInfo(size=int(answer.get("ContentLength", 0)), last_modified=answer.get("LastModified"),
@@ -70,8 +87,9 @@ class Storage:
 
     def get(self, key: str) -> bytes | None:
         """An object's bytes, or None when it does not exist."""
-        return self._unless_missing(
-            "read an object", lambda: bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+        with self._timed("get_object"):
+            return self._unless_missing(
+                "read an object", lambda: bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
 
     def _unless_missing(self, action: str, call: Callable[[], T]) -> T | None:
         """``call()``, or None when the object does not exist; StorageUnavailable for any other failure."""
@@ -87,8 +105,9 @@ class Storage:
     def delete_many(self, keys: list[str]) -> list[str]:
         """Deletes up to 1000 keys in one request; returns the keys that could not be deleted."""
         try:
-            answer = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
+            with self._timed("delete_objects"):
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
         except (ClientError, BotoCoreError) as exc:
             self.s3.fail(exc, "delete temporary objects")
             return list(keys)
@@ -129,8 +148,8 @@ class ObjectStore:
         self._reference_urls: dict[str, tuple[str, float]] = {}
         self._uploading: dict[str, asyncio.Future[bool]] = {}
         self._deleter = BatchDeleter(pool, storage.delete_many)
-        self.reference_uploads = 0
-        self.reference_hits = 0
+        self._hits = storage.metrics.reference_cache_hits
+        self._uploads = storage.metrics.reference_uploads
 
     async def put_reference(self, data: bytes, mime: str) -> tuple[str, bool]:
         """Stores a reference face once; returns its key and whether it was already there.
@@ -141,12 +160,12 @@ class ObjectStore:
         """
         key = reference_key(data, mime)
         if self._known(key):
-            self.reference_hits += 1
+            self._hits.inc()
             return key, True
         running = self._uploading.get(key)
         if running is not None:
             await asyncio.shield(running)
-            self.reference_hits += 1
+            self._hits.inc()
             return key, True
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._uploading[key] = future
@@ -155,9 +174,9 @@ class ObjectStore:
             fresh = info is not None and self._age_s(info) < self._refresh_after_s()
             if not fresh:
                 await self.pool.run(self.storage.put, key, data, mime)
-                self.reference_uploads += 1
+                self._uploads.inc()
             else:
-                self.reference_hits += 1
+                self._hits.inc()
             self._known_refs[key] = self._clock() + _KNOWN_REFERENCE_TTL_S
             future.set_result(True)
             return key, fresh
@@ -193,11 +212,6 @@ class ObjectStore:
 
         future.add_done_callback(report)
         return future
-
-    @property
-    def delete_requests(self) -> int:
-        """DeleteObjects requests sent so far."""
-        return self._deleter.requests
 
     async def put_temp(self, key: str, data: bytes, content_type: str) -> str:
         """Uploads a swap input; returns a short-lived GET URL for the worker."""

@@ -19,8 +19,10 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span
+
 from facegen.v1 import common_pb2, swapper_pb2
-from services.common import logs
+from services.common import logs, tracing
 from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from services.common.names import reason_name
 from services.swapper.blocking import BlockingPool, CallScope
@@ -138,7 +140,7 @@ class Swapper:
         """
         store = self._ready_store()
         check_swap_request(request)
-        emit = _delivering(emit)
+        emit = _delivering(emit, tracing.current_span())
         if request.resumable:
             self._ready_records("a resumable swap")
         if self.in_flight >= self.settings.max_in_flight:
@@ -289,13 +291,33 @@ class Swapper:
             logs.event(log, "swap.leftover_calls", logging.WARNING, pending=scope.pending)
 
 
-def _delivering(emit: EmitEvent) -> EmitEvent:
-    """``emit``, with a failed delivery (the call already ended) raised as ``CallerGone``."""
+def _delivering(emit: EmitEvent, span: Span) -> EmitEvent:
+    """``emit``, with a failed delivery (the call already ended) raised as ``CallerGone``; each event is
+    also an event of the call's span (when it is traced)."""
 
     async def deliver(event: swapper_pb2.SwapEvent) -> None:
+        if span.is_recording():
+            kind = event.WhichOneof("event")
+            span.add_event(f"swap.{kind}", _attributes(event, kind))
         try:
             await emit(event)
         except Exception as exc:
             raise CallerGone(f"the caller went away ({type(exc).__name__})") from exc
 
     return deliver
+
+
+def _attributes(event: swapper_pb2.SwapEvent, kind: str | None) -> dict[str, str | int | bool]:
+    if kind == "stored":
+        return {"key": event.stored.key}
+    if kind == "submitted":
+        return {"remote_job_id": event.submitted.remote_job_id, "endpoint": event.submitted.endpoint,
+                "resumed": event.submitted.resumed}
+    if kind == "remote_status":
+        status = event.remote_status
+        return {"status": status.status, "delay_ms": status.delay_time_ms, "execution_ms": status.execution_time_ms}
+    if kind == "result":
+        result = event.result
+        return {"method": common_pb2.FaceSwapMethod.Name(result.method),
+                "fallback_reason": reason_name(result.fallback_reason) if result.fallback_reason else "-"}
+    return {}

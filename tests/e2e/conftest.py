@@ -14,17 +14,27 @@ from services.common.config import MAX_MESSAGE_BYTES
 from services.common.server import message_size_options
 from services.stack.launcher import BUCKET, ENDPOINT_ID, LocalStack
 from services.stack.samples import reference_face, template_photo
+from tests.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """One stack for the e2e package; its logs stay in pytest's temporary directory."""
+def otlp() -> Iterator[OtlpReceiver]:
+    """The OTLP receiver every service of the e2e stack sends its spans to."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[LocalStack]:
+    """One stack for the e2e package, traced; its logs stay in pytest's temporary directory."""
     extra = {
         # Short breaker cool-down so the 'endpoint down' test does not leak into later tests.
         "FACE_SWAP_BREAKER_COOLDOWN_SECONDS": "0.5",
         "FACE_SWAP_DEADLINE_SECONDS": "60",
+        # Spans are exported in batches every 5 s by default: a test need not wait that long.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    with LocalStack(tmp_path_factory.mktemp("stack"), extra_env=extra) as running:
+    with LocalStack(tmp_path_factory.mktemp("stack"), extra_env=extra, otlp_endpoint=otlp.endpoint) as running:
         yield running
 
 

@@ -156,6 +156,8 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
             default_height=64, min_size=64, max_size=512, size_multiple=8, default_steps=4, max_steps=50,
             default_guidance=7.5, max_guidance=20.0, negative_prompt=True, loras=["tiny-style"])]
         self.requests: list[generator_pb2.GenerateRequest] = []
+        # The W3C traceparent each Generate call carried ("" when none).
+        self.traceparents: list[str] = []
         self.cancelled: list[str] = []
         self.active = 0
         self.calls = 0
@@ -167,6 +169,7 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer, _Recorder):
         script = self.script
         started = time.perf_counter()
         self.requests.append(request)
+        self.traceparents.append(dict(context.invocation_metadata() or ()).get("traceparent", ""))
         self.calls += 1
         self.active += 1
         self._notify()

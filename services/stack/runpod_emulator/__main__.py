@@ -29,6 +29,9 @@ from services.stack.runpod_emulator.jobs import JobPlan
 from services.stack.runpod_emulator.scripted import ScriptedRunner
 from services.stack.runpod_emulator.workers import WorkerPool
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"FACESWAP_ENDPOINT_{name}", default)
@@ -70,10 +73,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     faults.add_argument("--error-status", type=int, default=503)
     faults.add_argument("--fault-routes", default="", help=f"comma list from {','.join(ROUTES)}")
     faults.add_argument("--fault-seed", type=int, default=None)
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   default=_env("LOG_LEVEL", os.environ.get("LOG_LEVEL", "INFO")).upper(),
+                   help="FACESWAP_ENDPOINT_LOG_LEVEL, else LOG_LEVEL, as every service")
+    p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS,
+                   default=_env("LOG_FORMAT", os.environ.get("LOG_FORMAT", "text")).lower(),
+                   help="FACESWAP_ENDPOINT_LOG_FORMAT, else LOG_FORMAT: one JSON object per line with json")
     args = p.parse_args(argv)
     if not args.api_key:
         p.error("an API key is required (FACESWAP_ENDPOINT_API_KEY, RUNPOD_API_KEY or --api-key)")
+    # argparse checks choices on the command line only, not on the defaults taken from the environment.
+    for flag, allowed in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        if getattr(args, flag) not in allowed:
+            p.error(f"--{flag.replace('_', '-')} (or its variable) must be one of {', '.join(allowed)}, "
+                    f"not {getattr(args, flag)!r}")
     if args.workers < 1 or args.spares < 0 or args.scripted_ms < 0:
         p.error("--workers must be at least 1, --spares and --scripted-ms at least 0")
     return args
@@ -101,7 +114,7 @@ def initial_faults(args: argparse.Namespace) -> Faults:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; then stop the worker processes and exit 0."""
     args = parse_args(argv)
-    log.configure(getattr(logging, str(args.log_level).upper(), logging.INFO))
+    log.configure(args.log_level, args.log_format)
     try:
         faults = initial_faults(args)
     except ValueError as exc:

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 
 from services.stack.runpod_emulator.admin import add_admin_routes
+from services.stack.runpod_emulator.metrics import exposition
 from services.stack.runpod_emulator.queue_api import add_queue_routes
 from services.stack.runpod_emulator.registry import Registry
 from services.stack.runpod_emulator.web import Connections, HttpError, error_response, json_response
@@ -16,6 +17,13 @@ def build_app(registry: Registry) -> Connections:
     app = FastAPI(title="RunPod emulator", docs_url=None, redoc_url=None, openapi_url=None)
     add_queue_routes(app, registry)
     add_admin_routes(app, registry)
+    scrape = exposition(lambda: registry.endpoints)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # No key, like a Prometheus scrape: counts and queue lengths only.
+        status, body, content_type = scrape()
+        return Response(body, status, media_type=content_type)
 
     @app.get("/files/{name}")
     async def files(request: Request, name: str) -> Response:

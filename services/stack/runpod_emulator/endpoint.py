@@ -97,6 +97,9 @@ class Endpoint:
         self.jobs: dict[str, Job] = {}
         self.queue: collections.deque[Job] = collections.deque()
         self.counters = {"completed": 0, "failed": 0, "retried": 0}
+        # For the metrics: jobs submitted, and jobs ended by final status.
+        self.submitted = 0
+        self.ended: collections.Counter[str] = collections.Counter()
         self._scripted: dict[str, collections.deque[list[Any]]] = {}
         runner.bind(self)
 
@@ -148,6 +151,7 @@ class Endpoint:
             fate=self.faults.for_job(),
         )
         self.jobs[job.id] = job
+        self.submitted += 1
         self._enqueue(job)
         log.event("job.queued", endpoint=self.id, id=job.id, sync=sync, fate=job.fate, queue=len(self.queue))
         return job
@@ -268,6 +272,7 @@ class Endpoint:
     def _end(self, job: Job, status: str, output: Any, error: Any, at: float | None = None) -> None:
         job.status, job.output, job.error = status, output, error
         job.finished_at = at or time.monotonic()
+        self.ended[status] += 1
         if status == COMPLETED:
             self.counters["completed"] += 1
         elif status in (FAILED, TIMED_OUT):

@@ -1,37 +1,35 @@
-"""One line per event: ``<time> <LEVEL> <event> key=value ...`` (stdout when run as a program)."""
+"""One line per event on stdout when run as a program, in the services' format (``services.common.logs``):
+``<time> <LEVEL> runpod-emulator job=- event=<event> key=value ...``, or JSON with ``--log-format json``.
+
+Values that came from a client (job ids, paths, error messages) are escaped
+like every service's: no control character reaches the output.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
+from services.common import logs
+from services.common.logs import LogFormat
+from services.common.secrets import mask as _mask
+
 _logger = logging.getLogger("runpod_emulator")
+SERVICE = "runpod-emulator"
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     """Send the emulator's events to stdout, one line each (the program's output)."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    _logger.handlers[:] = [handler]
+    _logger.handlers[:] = [logs.stdout_handler(SERVICE, fmt)]
     _logger.setLevel(level)
     _logger.propagate = False
 
 
-def _fmt(value: Any) -> str:
-    text = str(value)
-    return repr(text) if (not text or any(c.isspace() for c in text)) else text
-
-
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one event; values with spaces are quoted, None values left out."""
-    if _logger.isEnabledFor(level):
-        parts = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None)
-        _logger.log(level, f"{name} {parts}".rstrip())
+    """Log one event; None values are left out."""
+    logs.event(_logger, name, level, **{key: value for key, value in fields.items() if value is not None})
 
 
 def mask(secret: str) -> str:
-    """A secret as shown in logs: its first and last four characters at most."""
-    if len(secret) < 12:
-        return "***"
-    return f"{secret[:4]}…{secret[-4:]}"
+    """A secret as shown in logs: the services' rule (its last four characters at most)."""
+    return _mask(secret)

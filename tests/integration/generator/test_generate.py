@@ -21,6 +21,7 @@ from PIL import Image
 
 from facegen.v1 import common_pb2, generator_pb2
 from services.common import logs
+from services.common.metrics import value
 from services.generator.catalog import load_catalog
 from services.generator.device import Device
 from services.generator.device_process import ProcessRunner
@@ -36,6 +37,18 @@ pytestmark = pytest.mark.integration
 # The start_generator fixture (see conftest.py): ``async with start_generator(**env) as gen``.
 Starter = Callable[..., Any]
 SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 4}
+
+
+def batches(gen: Any, outcome: str | None = None) -> float:
+    """Pipeline calls the generator's metrics counted (of one outcome, or all)."""
+    return sum(sample.value for family in gen.app.metrics.registry.collect()
+               if family.name == "facegen_generator_batches" for sample in family.samples
+               if sample.name.endswith("_total") and outcome in (None, sample.labels["outcome"]))
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of every ``event`` line captured."""
+    return [record.facegen_fields for record in caplog.records if getattr(record, "facegen_event", "") == event]
 
 
 def kinds(events: list[generator_pb2.GenerateEvent]) -> list[str]:
@@ -120,20 +133,21 @@ async def test_invalid_settings_are_refused_before_queueing(start_generator: Sta
             await gen.generate(**{**SMALL, **fields})
         assert error.value.code() == code
         assert message in (error.value.details() or "")
-        assert len(gen.app.engine.history) == 0
+        assert batches(gen) == 0
 
 
-async def test_cancel_stops_the_loop_within_one_step_and_frees_the_slot(start_generator: Starter) -> None:
+async def test_cancel_stops_the_loop_within_one_step_and_frees_the_slot(start_generator: Starter,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     async with start_generator(GENERATOR_MAX_BATCH="1") as gen:
         call = gen.stub.Generate(generator_pb2.GenerateRequest(prompt="long", width=256, height=256, steps=50))
         while (await next_event(call, "step")).step.step < 2:
             pass
         call.cancel()
-        engine = gen.app.engine
-        record = await until(lambda: next((r for r in engine.history if r.outcome == "cancelled"), None), 30,
-                             "a cancelled batch")
-        assert record.cancelled_after_step is not None and record.cancelled_after_step >= 2
-        assert record.steps_run <= record.cancelled_after_step + 1 < 50
+        await until(lambda: batches(gen, "cancelled") == 1, 30, "a cancelled batch")
+        (stopped,) = logged(caplog, "generate.interrupted")
+        assert stopped["cancelled_after_step"] >= 2
+        assert stopped["step"] <= stopped["cancelled_after_step"] + 1 < 50
         events = await gen.generate(**SMALL, seed=5)
         assert kinds(events)[-1] == "done"
 
@@ -172,15 +186,15 @@ async def test_cancelling_fifty_queued_jobs_at_once_ends_each_cancelled_without_
                                                                  **SMALL)) for i in range(50)]
         for call in calls:
             await next_event(call, "queued")
-        engine = gen.app.engine
-        assert engine._batcher.waiting == 50
+        registry = gen.app.metrics.registry
+        assert value(registry, "facegen_generator_queue_depth") == 50
         caplog.clear()
         caplog.handler.addFilter(lambda record: setattr(record, "job_id", logs.job_id_var.get()) or True)
         with caplog.at_level(logging.INFO):
             for call in calls:
                 call.cancel()
             codes = [await call.code() for call in calls]
-            await until(lambda: engine._batcher.waiting == 0, 30, "an empty queue")
+            await until(lambda: value(registry, "facegen_generator_queue_depth") == 0, 30, "an empty queue")
             await until(lambda: len(_cancel_lines(caplog)) == 50, 30, "50 cancel lines")
             # Abandoned handler generators are finalised by the garbage collector, in a new task
             # and context: collect now, and let any task that creates run, so that what it logs is seen.
@@ -229,7 +243,9 @@ async def test_compatible_requests_share_a_batch_and_match_their_single_runs(sta
             assert np.abs(pixels(a.png) - pixels(b.png)).max() <= 2
 
 
-async def test_a_cancelled_batch_member_does_not_stop_the_others(start_generator: Starter) -> None:
+async def test_a_cancelled_batch_member_does_not_stop_the_others(start_generator: Starter,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     slow = {"width": 128, "height": 128, "steps": 30}
     async with start_generator(GENERATOR_MAX_BATCH="2", GENERATOR_BATCH_WINDOW_MS="10000") as gen:
         quitter = gen.stub.Generate(generator_pb2.GenerateRequest(job_id="quitter", prompt="quit", seed=1, **slow))
@@ -237,9 +253,9 @@ async def test_a_cancelled_batch_member_does_not_stop_the_others(start_generator
         await next_event(quitter, "step")
         quitter.cancel()
         together = await stayer
-        record = gen.app.engine.history[-1]
-        assert (sorted(record.job_ids), record.outcome, record.steps_run) == (["quitter", "stayer"], "done", 30)
-        assert record.cancelled_jobs == ("quitter",)
+        assert batches(gen) == batches(gen, "done") == 1
+        (finished,) = logged(caplog, "generate.finished")
+        assert (finished["requests"], finished["steps"], finished["left"]) == (2, 30, "quitter")
         assert together[-1].done.batch_size == 2
         assert [e.step.step for e in together if e.WhichOneof("event") == "step"] == list(range(1, 31))
     async with start_generator(GENERATOR_MAX_BATCH="1") as gen:
@@ -312,6 +328,7 @@ async def test_out_of_memory_fails_that_request_only(start_generator: Starter) -
             await gen.generate(**SMALL)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "out of device memory" in (error.value.details() or "")
+        assert value(gen.app.metrics.registry, "facegen_generator_out_of_memory_total", {"model": "tiny-sd"}) == 1
         assert kinds(await gen.generate(**SMALL))[-1] == "done"
 
 

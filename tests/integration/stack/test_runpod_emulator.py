@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.stack.runpod_emulator import Fault, JobPlan, Limits, RunPodEmulator, png_bytes
 from tests.waiting import until_sync
@@ -101,6 +102,31 @@ def test_a_job_queues_runs_and_returns_the_inverted_target(emulator: RunPodEmula
     assert job.inputs is not None and job.inputs.done() and job.finished_at is not None
     assert emulator.count("files") == 2 and emulator.count("run", endpoint="ep") == 1
     assert emulator.count("status", job_id=submitted["id"]) >= 2
+
+
+def scrape(emulator: RunPodEmulator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics``, as {(sample name, labels): value}."""
+    response = requests.get(emulator.base_url.removesuffix("/v2") + "/metrics", timeout=5)
+    assert response.status_code == 200, response.text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def test_metrics_count_jobs_by_status_and_the_queue(emulator: RunPodEmulator, client: Client) -> None:
+    emulator.endpoint("ep").plan = JobPlan(queue_s=30)
+    waiting = client.post("run", {"input": {}}).json()["id"]
+    metrics = scrape(emulator)
+    assert metrics[("facegen_runpod_emulator_queue_length", (("endpoint", "ep"),))] == 1
+    assert metrics[("facegen_runpod_emulator_jobs_submitted_total", (("endpoint", "ep"),))] == 1
+    client.post(f"cancel/{waiting}", None)
+    emulator.endpoint("ep").plan = JobPlan(run_s=0.05)
+    done = client.post("run", {"input": files(emulator)}).json()["id"]
+    client.wait_status(done, {"COMPLETED"})
+    metrics = scrape(emulator)
+    assert metrics[("facegen_runpod_emulator_queue_length", (("endpoint", "ep"),))] == 0
+    assert metrics[("facegen_runpod_emulator_jobs_in_progress", (("endpoint", "ep"),))] == 0
+    for status in ("CANCELLED", "COMPLETED"):
+        assert metrics[("facegen_runpod_emulator_jobs_total", (("endpoint", "ep"), ("status", status)))] == 1
 
 
 def test_auth_unknown_endpoints_jobs_and_bad_requests(emulator: RunPodEmulator, client: Client) -> None:

@@ -12,6 +12,7 @@ import grpc
 from PIL import Image
 
 from facegen.v1 import swapper_pb2, swapper_pb2_grpc
+from services.common.metrics import value
 from services.stack.runpod_emulator import RunPodEmulator as FakeRunPod
 from services.swapper.app import SwapperApp
 from services.swapper.settings import Settings
@@ -81,11 +82,19 @@ class Harness:
         assert data is not None, f"{key} does not exist"
         return data
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A value of the swapper's metrics."""
+        return value(self.app.metrics.registry, name, labels)
+
+    def blocking_calls(self) -> float:
+        """Calls running in (or queued for) the storage pool's threads, as the metric counts them."""
+        return self.metric("facegen_swapper_blocking_calls_in_flight", pool="storage")
+
     async def assert_quiet(self, within_s: float = 5.0) -> None:
         """Nothing the swaps started is still running: no thread call, no task, no temp object."""
         current = asyncio.current_task()
-        await until(lambda: self.app.storage_pool.inflight == 0, within_s, "an idle thread pool")
-        await until(lambda: self.app.core.in_flight == 0, within_s, "no swap in flight")
+        await until(lambda: self.blocking_calls() == 0, within_s, "an idle thread pool")
+        await until(lambda: self.metric("facegen_swapper_swaps_in_flight") == 0, within_s, "no swap in flight")
         def leftovers() -> set[asyncio.Task[object]]:
             # The gRPC server's own accept loop re-arms itself per call; everything else counts.
             return {t for t in asyncio.all_tasks() - self.baseline_tasks

@@ -47,7 +47,7 @@ async def leave_after(harness: Harness, request: swapper_pb2.SwapRequest, kind: 
         if seen[-1] == kind:
             break
     call.cancel()
-    await until(lambda: harness.app.core.in_flight == 0, 10, "the first call to end")
+    await until(lambda: harness.metric("facegen_swapper_swaps_in_flight") == 0, 10, "the first call to end")
     return seen
 
 
@@ -101,7 +101,7 @@ async def test_a_caller_gone_while_run_is_in_flight_is_resumed(make_swapper: Mak
     assert [(s.remote_job_id, s.resumed) for s in submitted] == [(job.id, True)]
     assert result_of(events).method == common_pb2.FACE_SWAP_METHOD_EXTERNAL_API
     assert harness.fake.count("run") == 1 and harness.fake.count("cancel") == 0
-    await until(lambda: harness.app.core.in_flight == 0, 5, "both calls to end")
+    await until(lambda: harness.metric("facegen_swapper_swaps_in_flight") == 0, 5, "both calls to end")
     assert harness.objects("tmp/") == [] and record(redis_url, "res-2") == {}
 
 

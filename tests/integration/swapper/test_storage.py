@@ -96,7 +96,7 @@ async def test_storage_outage_is_unavailable_never_a_placeholder(make_swapper: M
         await harness.put_reference(image_bytes("PNG", color=(1, 1, 1)))
     assert put_failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert harness.fake.count("run") == 0
-    await until(lambda: harness.app.storage_pool.inflight == 0, 5, "idle storage pool")
+    await until(lambda: harness.blocking_calls() == 0, 5, "idle storage pool")
 
 
 async def test_outage_after_the_remote_swap_is_unavailable_and_cancels_nothing(make_swapper: MakeSwapper,

@@ -187,7 +187,8 @@ async def test_same_reference_twice_is_uploaded_once(make_swapper: MakeSwapper) 
     assert (first.deduplicated, second.deduplicated) == (False, True)
     assert harness.objects("refs/") == [first.key]
     assert harness.head(first.key)["ContentType"] == "image/jpeg"
-    assert harness.app.store is not None and harness.app.store.reference_uploads == 1
+    assert harness.metric("facegen_swapper_reference_uploads_total") == 1
+    assert harness.metric("facegen_swapper_reference_cache_hits_total") == 1
 
 
 async def test_concurrent_identical_references_share_one_upload(make_swapper: MakeSwapper, s3_server) -> None:

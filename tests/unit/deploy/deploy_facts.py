@@ -110,6 +110,21 @@ def packages_distributions() -> dict[str, list[str]]:
     return found
 
 
+@functools.cache
+def _owner(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """The distribution among ``candidates`` whose files hold ``module`` (for a namespace package such as
+    ``opentelemetry``, which many distributions share): the longest dotted prefix that one of them installs."""
+    parts = module.split(".")
+    files = {name: {str(path) for path in importlib.metadata.distribution(name).files or ()} for name in candidates}
+    for length in range(len(parts), 1, -1):
+        stem = "/".join(parts[:length])
+        owners = [name for name, paths in files.items() if f"{stem}.py" in paths or f"{stem}/__init__.py" in paths]
+        if owners:
+            return owners
+    # The namespace itself (``from opentelemetry import trace`` lists ``opentelemetry`` too) is nobody's.
+    return [] if len(parts) == 1 else list(candidates)
+
+
 def third_party_distributions(service: str, exclude: frozenset[Path] = frozenset()) -> dict[str, set[str]]:
     """Distribution → the modules of ``service`` that import it (stdlib and first party left out)."""
     by_module = packages_distributions()
@@ -126,6 +141,8 @@ def third_party_distributions(service: str, exclude: frozenset[Path] = frozenset
                 dists = [f"<not installed: {top}>"]
             if top == "google":
                 dists = ["protobuf"] if module.startswith("google.protobuf") else dists
+            elif len(dists) > 1:
+                dists = _owner(module, tuple(sorted(set(dists))))
             for dist in dists:
                 found.setdefault(str(canonicalize_name(dist)), set()).add(
                     str(path.relative_to(REPO)))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from services.gateway.auth import parse_tokens
 from services.generator.catalog import load_catalog
@@ -165,6 +166,10 @@ def test_every_manifest_file_is_part_of_a_kustomization() -> None:
         kustomization = load_documents(directory / "kustomization.yaml")[0]
         used.update((directory / entry).resolve() for entry in kustomization.get("resources", []))
         used.update((directory / patch["path"]).resolve() for patch in kustomization.get("patches", []))
+        # Files a ConfigMap is made from (a collector's configuration is YAML too).
+        used.update((directory / (entry.partition("=")[2] or entry)).resolve()
+                    for generator in kustomization.get("configMapGenerator", [])
+                    for entry in generator.get("files", []))
     files = {path.resolve() for path in K8S.rglob("*.yaml")}
     assert files - {path.resolve() for path in used} == set(), "YAML files that no kustomization uses"
 
@@ -240,7 +245,9 @@ def test_services_and_policies_select_existing_pods(name: str) -> None:
     for policy in of_kind(objects, "NetworkPolicy"):
         selectors = [policy["spec"]["podSelector"].get("matchLabels", {})]
         for rule in policy["spec"].get("ingress", []):
-            selectors += [peer["podSelector"]["matchLabels"] for peer in rule.get("from", [])]
+            # Peers in another namespace (the monitoring one) are not ours to find.
+            selectors += [peer["podSelector"]["matchLabels"] for peer in rule.get("from", [])
+                          if "namespaceSelector" not in peer]
         for selector in selectors:
             if selector:
                 assert any(matches(selector, pod_labels(pod)) for pod in pods), policy["metadata"]["name"]
@@ -295,8 +302,9 @@ def test_grpc_services_listen_probe_and_drain_consistently(name: str, service: s
     # With TLS the kubelet's gRPC probes (which cannot do TLS) ask the plaintext health port.
     health = env.get(f"{service.upper()}_HEALTH_LISTEN")
     probed = int(health.rpartition(":")[2]) if health else port
-    assert {p["name"]: p["containerPort"] for p in item["ports"]} == {"grpc": port, **({"health": probed}
-                                                                                       if health else {})}
+    ports = {p["name"]: p["containerPort"] for p in item["ports"]}
+    assert ports["grpc"] == port
+    assert ports.get("health") == (probed if health else None)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert item[probe]["grpc"]["port"] == probed, probe
     # SIGTERM comes after the preStop sleep; the gateway then drains its jobs for
@@ -322,6 +330,31 @@ def test_every_variable_set_is_one_the_service_reads(name: str, service: str) ->
     env = env_of(objects, container(objects, service))
     unknown = set(env) - known_env_vars(service)
     assert not unknown, f"{service} does not read {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("service", sorted(PORTS))
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_every_service_serves_metrics_where_prometheus_looks(name: str, service: str) -> None:
+    objects = rendered(name)
+    item = container(objects, service)
+    host, _, port = env_of(objects, item)[f"{service.upper()}_METRICS_LISTEN"].rpartition(":")
+    assert host == "0.0.0.0"
+    assert [p["containerPort"] for p in item["ports"] if p["name"] == "metrics"] == [int(port)]
+    annotations = find(objects, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": port,
+                           "prometheus.io/path": "/metrics"}
+    metrics = find(objects, "Service", f"{service}-metrics")
+    assert metrics["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
+    assert matches(metrics["spec"]["selector"], pod_labels(find(objects, "Deployment", service)))
+    assert [(p["name"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [("metrics", "metrics")]
+    assert metrics["spec"].get("type", "ClusterIP") == "ClusterIP", "metrics are never exposed outside"
+    assert all(p.get("name") != "metrics" for p in find(objects, "Service", service)["spec"]["ports"])
+    policy = find(objects, "NetworkPolicy", "metrics-scrape")
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels(find(objects, "Deployment", service)))
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [int(port)]
+    assert [peer["namespaceSelector"]["matchLabels"] for peer in rule["from"]] == [
+        {"kubernetes.io/metadata.name": "monitoring"}]
 
 
 # --- many replicas, one system -------------------------------------------------------------------
@@ -514,6 +547,27 @@ def test_local_overlay_wires_the_swapper_to_the_in_cluster_stand_ins() -> None:
     swapper_spec = find(objects, "Deployment", "swapper")["spec"]["template"]["spec"]
     runpod_volume = next(v for v in swapper_spec["volumes"] if v["name"] == "runpod-credentials")
     assert key_ref["name"] == runpod_volume["secret"]["secretName"]
+
+
+def test_local_overlay_sends_every_services_spans_to_its_collector() -> None:
+    objects = rendered("overlays/local")
+    collector = find(objects, "Deployment", "otel-collector")
+    item = container(objects, "otel-collector", "collector")
+    service = find(objects, "Service", "otel-collector")
+    (port,) = service["spec"]["ports"]
+    for name in PORTS:
+        assert env_of(objects, container(objects, name))["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
+            f"http://otel-collector:{port['port']}", name
+    config = yaml.safe_load(config_file(objects, collector, "/etc/otelcol/config.yaml"))
+    receiver = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    target = next(p["containerPort"] for p in item["ports"] if p["name"] == port["targetPort"])
+    assert receiver == f"0.0.0.0:{target}"
+    assert "otlp" in config["service"]["pipelines"]["traces"]["receivers"]
+    assert item["args"] == ["--config=/etc/otelcol/config.yaml"]
+    policy = find(objects, "NetworkPolicy", "otel-collector-ingress")
+    peers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+             for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+    assert peers == set(PORTS)
 
 
 @pytest.mark.parametrize("name", DEPLOYABLE)
