@@ -79,12 +79,13 @@ async def test_running_jobs_queue_depth_and_open_streams_are_gauged(start_gatewa
 
 async def test_refused_callers_are_counted_by_reason(start_gateway: GatewayFactory) -> None:
     gateway = await start_gateway(auth_token="a-long-secret-token-value-123")
-    for metadata in ((), (("authorization", "Bearer wrong"),)):
+    for metadata in ((), (("authorization", "Basic d3Jvbmc="),), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await gateway.stub.Get(gateway_pb2.GetRequest(job_id="x"), metadata=metadata)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert metric(gateway, "facegen_gateway_auth_failures_total", reason="missing") == 1
-    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="invalid") == 1
+    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="malformed") == 1
+    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="unknown") == 1
 
 
 async def test_at_info_a_job_logs_its_life_and_each_event_only_at_debug(
