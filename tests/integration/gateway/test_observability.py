@@ -128,6 +128,12 @@ async def test_a_job_is_one_trace_from_the_call_that_submitted_it(gateway: Gatew
     assert len(steps) == 3, "each denoising step is an event on the job's span, not a span"
     # The generator is called with the client span's context: its own spans continue the trace.
     assert upstreams.generator.traceparents == [f"00-{TRACE_ID}-{hex_id(generate)[1]}-01"]
+    # Calls about a job, in traces of their own, name it.
+    await gateway.stub.Cancel(gateway_pb2.CancelRequest(job_id=submitted.job_id))
+    await until(lambda: named(spans, "facegen.v1.GatewayService/Cancel"), 5, "the Cancel span")
+    for rpc in ("Watch", "Get", "Cancel"):
+        (call,) = named(spans, f"facegen.v1.GatewayService/{rpc}")
+        assert call.attributes["facegen.job_id"] == submitted.job_id, rpc
 
 
 async def test_without_tracing_no_trace_id_is_made_up(gateway: Gateway, upstreams: FakeUpstreams) -> None:
