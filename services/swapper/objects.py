@@ -16,8 +16,10 @@ store's error code, ``EndpointConnectionError``, ``ReadTimeoutError``...), so
 standard mode: up to ``S3_MAX_ATTEMPTS`` attempts for connection failures,
 timeouts, 500/502/503/504 and throttling (429, ``SlowDown``), after
 ``rand(0, 1) × min(scale × 2^i, 20)`` s (scale 1 s when throttled, else 50 ms).
-Each operation is one client span, named as OpenTelemetry's botocore
-instrumentation names boto3's (``S3.PutObject``).
+Each operation is one client span, named and described as OpenTelemetry's
+botocore instrumentation describes boto3's (``S3.PutObject``, ``rpc.*``,
+``http.status_code``, ``aws.request_id``, ``retry_attempts``, the exception of
+a failure).
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ class ObjectClient:
             span = tracing.start_span(f"S3.{operation}", SpanKind.CLIENT,
                                       attributes={**self._span_attributes, "rpc.method": operation})
         error: str | None = None
+        attempt = 0
         try:
-            attempt = 0
             while True:
                 try:
                     return await self._send(operation, method, URL(url, encoded=True), data, signed, span)
@@ -175,11 +177,14 @@ class ObjectClient:
                     delay = self._retry_delay(exc, attempt)
                     if delay is None:
                         error = str(exc)
+                        span.record_exception(exc)
                         raise
                     logs.event(log, "storage.retry", logging.WARNING, operation=operation, key=key,
                                attempt=attempt, cause=_cause(exc), delay_ms=int(delay * 1000))
                 await asyncio.sleep(delay)
         finally:
+            if span.is_recording():
+                span.set_attribute("retry_attempts", attempt - 1 if error else attempt)
             tracing.end(span, error)
 
     async def _send(self, operation: str, method: str, url: URL, data: bytes, headers: dict[str, str],
@@ -189,6 +194,9 @@ class ObjectClient:
                                             allow_redirects=False) as response:
                 if span.is_recording():
                     span.set_attribute("http.status_code", response.status)
+                    request_id = response.headers.get("x-amz-request-id")
+                    if request_id:
+                        span.set_attribute("aws.request_id", request_id)
                 if response.status >= 300:
                     raise await _client_error(operation, response)
                 body = await response.read() if method == "GET" else b""

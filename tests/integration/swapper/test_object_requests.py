@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 
 from services.common.metrics import value
 from services.stack.s3_server import LocalS3
@@ -23,6 +24,8 @@ from services.swapper.settings import StorageSettings
 from services.swapper.storage import Storage
 from tests.integration.swapper.harness import image_bytes
 from tests.integration.swapper.s3_proxy import Hang, Reset, S3Proxy, Status
+from tests.spans import named
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +233,19 @@ async def test_a_refused_connection_is_unavailable(made: list[Storage], pool: Bl
         await storage.put(KEY, image_bytes(), "image/png")
     assert str(caught.value) == (f"cannot store an image: bucket '{bucket}' at {url} cannot be reached "
                                  "(EndpointConnectionError)")
+
+
+async def test_each_object_request_is_a_client_span_as_boto3s_are(proxy: S3Proxy, made: list[Storage],
+                                                                  pool: BlockingPool, bucket: str,
+                                                                  direct: S3Bucket, spans) -> None:
+    storage = make(made, pool, proxy.url, bucket)
+    proxy.faults.append(Status(500, "InternalError"))
+    await storage.put(KEY, image_bytes(), "image/png")
+    assert await storage.head("tmp/job-1/missing.png") is None
+    put, head = await until(lambda: named(spans, "S3.PutObject") + named(spans, "S3.HeadObject"), 5, "the spans")
+    assert put.kind == SpanKind.CLIENT and put.attributes["rpc.system"] == "aws-api"
+    assert put.attributes["rpc.method"] == "PutObject" and put.attributes["aws.s3.bucket"] == bucket
+    assert put.attributes["http.status_code"] == 200 and put.attributes["retry_attempts"] == 1
+    assert put.attributes["server.address"] == "127.0.0.1" and put.status.status_code == StatusCode.UNSET
+    assert head.attributes["http.status_code"] == 404 and head.status.status_code == StatusCode.ERROR
+    assert [event.name for event in head.events] == ["exception"], "a missing object is an error answer, as in boto3's"
