@@ -10,16 +10,28 @@ times share one clock).
    completion to our result event and the status requests it took. Three
    schedules: long-polling (``?wait=``), adaptive polling alone, and the
    first version's fixed 5 s poll.
-2. 200 concurrent swaps of 1 s remote jobs through one swapper process:
-   wall time and errors.
+2. 200 concurrent swaps of 1 s remote jobs through one swapper process,
+   with the result checks on (their default): wall time, errors and the
+   swapper's CPU per swap, for each of ``--rounds`` bursts (3 by default)
+   in the same process; the figures are the median burst's, so that one
+   burst disturbed by the rest of a shared machine does not decide them.
+   The targets: at most 3 s and 8 ms of swapper CPU per swap, on two cores.
 3. 100 jobs with the same reference face: uploads of the reference, counted
    by the S3 server.
 
-Human lines first; the last line is one JSON object with the figures and targets.
+The images are small (64 px PNGs): the figures measure the swapper's own
+work per swap (gRPC, storage and RunPod requests, thread hops), not image
+decoding, which grows with the pictures (docs/swapper.md, "Performance").
+The load average and the CPU the whole machine spent are printed beside
+the figures: on a busy machine every process's CPU per unit of work rises.
+
+``python bench/swapper.py [--rounds N]``. Human lines first; the last line
+is one JSON object with the figures and targets.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -79,6 +91,10 @@ def base_env() -> dict[str, str]:
     return {**keep, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos")])}
 
 
+# The local S3 server's process by its URL, to read the CPU it used.
+S3_PROCESSES: dict[str, psutil.Process] = {}
+
+
 @contextmanager
 def s3_process() -> Any:
     """The local S3 server (services.stack.s3_server) in its own process."""
@@ -97,8 +113,10 @@ def s3_process() -> Any:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("the local S3 server did not start") from None
                 time.sleep(0.1)
+        S3_PROCESSES[url] = psutil.Process(process.pid)
         yield url
     finally:
+        S3_PROCESSES.pop(url, None)
         process.terminate()
         process.wait(10)
 
@@ -138,8 +156,7 @@ class Swapper:
     def cpu_s(self) -> float:
         """CPU seconds the swapper process has used so far."""
         assert self.process is not None
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
+        return _cpu_s(psutil.Process(self.process.pid))
 
     async def __aexit__(self, *_exc: object) -> None:
         if self.channel is not None:
@@ -200,34 +217,53 @@ async def detection(s3_url: str, fake: FakeRunPod, name: str, env: dict[str, str
     return figures
 
 
-async def concurrency(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
-    """200 concurrent swaps of 1 s remote jobs through one swapper process."""
+async def concurrency(s3_url: str, fake: FakeRunPod, rounds: int) -> dict[str, Any]:
+    """``rounds`` bursts of 200 concurrent swaps of 1 s remote jobs through one swapper process."""
     fake.endpoint(ENDPOINT).plan = JobPlan(queue_s=0.0, run_s=1.0, fetch_inputs=False)
     swapper = Swapper(s3_url, fake, "bench-concurrency")
+    bursts: list[dict[str, Any]] = []
     async with swapper as stub:
         reference = (await stub.PutReference(swapper_pb2.PutReferenceRequest(
             job_id="bench", image=png(64, (10, 150, 120))))).key
         target = png(64, (90, 60, 30))
         # One warm-up swap: connections, thread pools and code paths, as in a running service.
         await swap(stub, "warm-up", reference, target)
-        load = os.getloadavg()[0]
-        cpu_before = swapper.cpu_s()
-        machine_before = psutil.cpu_times()
-        started = time.monotonic()
-        outcomes = await asyncio.gather(*(swap(stub, f"c-{i}", reference, target)
-                                          for i in range(CONCURRENT_SWAPS)))
-        wall = time.monotonic() - started
-        cpu = swapper.cpu_s() - cpu_before
-        busy = _busy_s(psutil.cpu_times()) - _busy_s(machine_before)
+        for burst in range(rounds):
+            bursts.append(await _burst(stub, swapper, S3_PROCESSES[s3_url], reference, target, f"c{burst}"))
+    median = sorted(bursts, key=lambda figures: figures["wall_s"])[len(bursts) // 2]
+    return {**median, "errors": sum(figures["errors"] for figures in bursts), "bursts": bursts}
+
+
+async def _burst(stub: swapper_pb2_grpc.SwapperServiceStub, swapper: Swapper, store: psutil.Process,
+                 reference: str, target: bytes, name: str) -> dict[str, Any]:
+    load = os.getloadavg()[0]
+    cpu_before = swapper.cpu_s()
+    own_before, store_before = _cpu_s(psutil.Process()), _cpu_s(store)
+    machine_before = psutil.cpu_times()
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(swap(stub, f"{name}-{i}", reference, target)
+                                      for i in range(CONCURRENT_SWAPS)))
+    wall = time.monotonic() - started
+    cpu = swapper.cpu_s() - cpu_before
+    own, used_by_store = _cpu_s(psutil.Process()) - own_before, _cpu_s(store) - store_before
+    busy = _busy_s(psutil.cpu_times()) - _busy_s(machine_before)
     errors = [error or (result.fallback_message if result else "") for _, _, result, error in outcomes
               if result is None or result.method != common_pb2.FACE_SWAP_METHOD_EXTERNAL_API]
     print(f"  {CONCURRENT_SWAPS} swaps of 1 s remote jobs: wall {wall:.2f} s, errors {len(errors)}"
           + (f" (first: {errors[0]})" if errors else "")
           + f"; swapper CPU {cpu:.2f} s ({cpu / CONCURRENT_SWAPS * 1000:.1f} ms/swap); load average {load:.2f}"
-          + f"; all processes used {busy:.2f} CPU-s of the machine's {wall * (os.cpu_count() or 1):.2f}")
+          + f"; all processes used {busy:.2f} CPU-s of the machine's {wall * (os.cpu_count() or 1):.2f}"
+          + f" (the S3 server {used_by_store:.2f}, this process with the client and the emulator {own:.2f})")
     return {"swaps": CONCURRENT_SWAPS, "remote_run_s": 1.0, "wall_s": round(wall, 2), "errors": len(errors),
             "swapper_cpu_ms_per_swap": round(cpu / CONCURRENT_SWAPS * 1000, 1), "load_average": round(load, 2),
-            "machine_busy_fraction": round(busy / (wall * (os.cpu_count() or 1)), 2)}
+            "machine_busy_fraction": round(busy / (wall * (os.cpu_count() or 1)), 2),
+            "s3_server_cpu_s": round(used_by_store, 2), "bench_process_cpu_s": round(own, 2)}
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds ``process`` has used so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _busy_s(times: Any) -> float:
@@ -254,7 +290,7 @@ async def same_face(s3_url: str, fake: FakeRunPod) -> dict[str, Any]:
     return {"jobs": SAME_FACE_JOBS, "reference_uploads": uploads, "swapped": swapped}
 
 
-async def main() -> None:
+async def main(rounds: int) -> None:
     fake = FakeRunPod(api_key=API_KEY).start()
     fake.endpoint(ENDPOINT)
     try:
@@ -262,8 +298,8 @@ async def main() -> None:
             print("completion detection: "
                   f"{DETECTION_JOBS} jobs, remote run times 0.5-8 s, all in flight at once")
             schedules = {name: await detection(s3_url, fake, name, env) for name, env in SCHEDULES.items()}
-            print("concurrency:")
-            concurrent = await concurrency(s3_url, fake)
+            print(f"concurrency ({rounds} bursts; the figures are the median burst's):")
+            concurrent = await concurrency(s3_url, fake, rounds)
             print("reference deduplication:")
             dedup = await same_face(s3_url, fake)
     finally:
@@ -282,7 +318,9 @@ async def main() -> None:
         "concurrent_errors": concurrent["errors"],
         "concurrent_errors_target": 0,
         "concurrent_swapper_cpu_ms_per_swap": concurrent["swapper_cpu_ms_per_swap"],
+        "concurrent_swapper_cpu_ms_per_swap_target": 8.0,
         "concurrent_machine_busy_fraction": concurrent["machine_busy_fraction"],
+        "concurrent_bursts": concurrent["bursts"],
         "load_average_before": concurrent["load_average"],
         "same_face_jobs": dedup["jobs"],
         "reference_uploads": dedup["reference_uploads"],
@@ -292,9 +330,12 @@ async def main() -> None:
     figures["targets_met"] = bool(
         figures["median_delay_ms"] <= 150 and figures["mean_status_requests"] <= 8
         and figures["concurrent_wall_s"] <= 3.0 and figures["concurrent_errors"] == 0
+        and figures["concurrent_swapper_cpu_ms_per_swap"] <= 8.0
         and figures["reference_uploads"] == 1)
     print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description="the swapper benchmark")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts of 200 concurrent swaps (the median counts)")
+    asyncio.run(main(max(1, parser.parse_args().rounds)))

@@ -192,6 +192,8 @@ def finish(terminal: gateway_pb2.JobEvent | None, args: argparse.Namespace) -> i
     if not args.json:
         state = gateway_pb2.JobState.Name(result.state).removeprefix("JOB_STATE_")
         print(f"job {terminal.job_id}: {state}" + (f" ({result.code}: {result.message})" if result.message else ""))
+        if result.trace_id:
+            print(f"trace {result.trace_id}")
         for line in describe_result(result):
             print(line)
     if result.images and not args.no_download:

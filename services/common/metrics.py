@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -39,36 +40,34 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 COUNT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
-class GrpcServerMetrics:
-    """Calls a gRPC server handled: started, in flight, by final code, and how long they took."""
+class GrpcCallMetrics:
+    """Calls one side of gRPC made or handled: started, in flight, by final code, and how long they took."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, side: Literal["server", "client"]) -> None:
         labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels,
-                               registry=registry)
-        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
+        where = "on the server" if side == "server" else "by the client"
+        self.started = Counter(f"grpc_{side}_started_total", f"RPCs started {where}.", labels, registry=registry)
+        self.handled = Counter(f"grpc_{side}_handled_total", f"RPCs completed {where}, by status code.",
                                (*labels, "grpc_code"), registry=registry)
-        self.seconds = Histogram("grpc_server_handling_seconds",
+        self.seconds = Histogram(f"grpc_{side}_handling_seconds",
                                  "Time from the start of an RPC to its status (whole streams included).",
                                  labels, buckets=DURATION_BUCKETS, registry=registry)
-        self.in_flight = Gauge("grpc_server_calls_in_flight", "RPCs (streams included) being served now.",
+        self.in_flight = Gauge(f"grpc_{side}_calls_in_flight", f"RPCs (streams included) in progress {where}.",
                                labels, registry=registry)
 
 
-class GrpcClientMetrics:
-    """Calls a gRPC client made: started, in flight, by final code, and how long they took."""
+class GrpcServerMetrics(GrpcCallMetrics):
+    """The server side's call metrics (``grpc_server_*``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_client_started_total", "RPCs started by the client.", labels,
-                               registry=registry)
-        self.handled = Counter("grpc_client_handled_total", "RPCs completed by the client, by status code.",
-                               (*labels, "grpc_code"), registry=registry)
-        self.seconds = Histogram("grpc_client_handling_seconds",
-                                 "Time from the start of an RPC to its status (whole streams included).",
-                                 labels, buckets=DURATION_BUCKETS, registry=registry)
-        self.in_flight = Gauge("grpc_client_calls_in_flight", "RPCs (streams included) in progress.",
-                               labels, registry=registry)
+        super().__init__(registry, "server")
+
+
+class GrpcClientMetrics(GrpcCallMetrics):
+    """The client side's call metrics (``grpc_client_*``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry, "client")
 
 
 class ServiceMetrics:

@@ -54,5 +54,5 @@ class GatewayMetrics(ServiceMetrics):
         self.watch_streams = Gauge("facegen_gateway_watch_streams", "Run and Watch streams open on this replica.",
                                    registry=registry)
         self.auth_failures = Counter("facegen_gateway_auth_failures_total",
-                                     "Calls refused UNAUTHENTICATED, by reason (missing or invalid).", ["reason"],
-                                     registry=registry)
+                                     "Calls refused UNAUTHENTICATED, by reason (missing, malformed or unknown token).",
+                                     ["reason"], registry=registry)

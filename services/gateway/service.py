@@ -60,18 +60,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Watch(self, request: gateway_pb2.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[gateway_pb2.JobEvent]:
         await self._authorize(context, "Watch")
-        async for event in self._manager.watch(request.job_id, request.after_seq):
-            yield event
+        with logs.job_context(request.job_id):
+            async for event in self._manager.watch(request.job_id, request.after_seq):
+                yield event
 
     async def Get(self, request: gateway_pb2.GetRequest,
                   context: grpc.aio.ServicerContext) -> gateway_pb2.Job:
         await self._authorize(context, "Get")
-        return await self._manager.get(request.job_id)
+        with logs.job_context(request.job_id):
+            return await self._manager.get(request.job_id)
 
     async def Cancel(self, request: gateway_pb2.CancelRequest,
                      context: grpc.aio.ServicerContext) -> gateway_pb2.CancelResponse:
         await self._authorize(context, "Cancel")
-        state = await self._manager.cancel(request.job_id, CANCEL_RPC)
+        with logs.job_context(request.job_id):
+            state = await self._manager.cancel(request.job_id, CANCEL_RPC)
         return gateway_pb2.CancelResponse(state=state)
 
     async def ListModels(self, request: common_pb2.ListModelsRequest,

@@ -31,7 +31,8 @@ PIPELINE_CLASSES = {
 
 
 def quiet_libraries() -> None:
-    """Turns off the loading progress bars of diffusers, transformers and huggingface_hub."""
+    """Turns off the loading progress bars of diffusers, transformers and huggingface_hub, and sends
+    their log records through the service's handler (its format, escaping and level)."""
     import diffusers
     import transformers
     from huggingface_hub.utils import disable_progress_bars
@@ -39,6 +40,12 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     disable_progress_bars()
+    # Each library gives its logger a stderr handler of its own on import, which would write plain
+    # text lines into a JSON log: drop them and let the records reach the root logger's handler.
+    for library in ("diffusers", "transformers", "huggingface_hub"):
+        library_logger = logging.getLogger(library)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
 
 
 def pipeline_class(family: str) -> Any:

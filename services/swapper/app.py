@@ -23,6 +23,7 @@ from services.swapper.endpoints import Endpoint, build_endpoints
 from services.swapper.identity import IdentityCheck
 from services.swapper.instrumentation import instrument_storage
 from services.swapper.metrics import SwapperMetrics
+from services.swapper.objects import ObjectClient
 from services.swapper.records import SwapRecords
 from services.swapper.remote import RemoteSwapper
 from services.swapper.runpod import RunPodClient
@@ -63,7 +64,8 @@ class SwapperApp(ServiceApp):
         checks = ResultChecks(settings.checks, self.storage_pool, self.identity)
         self.core = Swapper(settings, self.storage_pool, remote, records, checks=checks)
         metrics.swaps_in_flight.set_function(lambda: self.core.in_flight)
-        # S3 calls as spans under the Swap or Put call that makes them (botocore is patched process-wide).
+        # boto3's S3 calls (bucket setup, deletes) as spans under the call that makes them (botocore is patched
+        # process-wide); the object requests make their own (objects.py).
         self._uninstrument = instrument_storage() if tracing.enabled() else None
         servicer = SwapperServicer(self.core)
 
@@ -96,10 +98,12 @@ class SwapperApp(ServiceApp):
         }
 
     def build_storage(self) -> Storage:
-        """The blocking storage client (blocking: boto3 builds its client)."""
+        """The storage clients (blocking: boto3 builds its client); the object requests' session opens on first
+        use."""
         if self.storage is None:
-            self.storage = Storage(S3Bucket(self.settings.storage, pool_size=self.settings.storage_threads),
-                                   self.metrics)
+            settings = self.settings.storage
+            objects = ObjectClient(settings, self.storage_pool, settings.max_connections)
+            self.storage = Storage(S3Bucket(settings, pool_size=self.settings.storage_threads), objects, self.metrics)
         return self.storage
 
     async def prepare_once(self) -> None:
@@ -141,6 +145,8 @@ class SwapperApp(ServiceApp):
         self.core.not_ready_reason = "the swapper is stopping"
         if self.client is not None:
             await self.client.aclose()
+        if self.storage is not None:
+            await self.storage.objects.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await asyncio.to_thread(self.storage_pool.shutdown, True)

@@ -142,17 +142,16 @@ async def _check_storage(app: SwapperApp, report: Report) -> bool:
     probe = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 30)).save(probe, "PNG")
     data = probe.getvalue()
-    pool = app.storage_pool
     try:
-        await pool.run(storage.put, key, data, "image/png")
+        await storage.put(key, data, "image/png")
         status, content_type, body = await _fetch(storage.presign(key, 60), 10)
         if status != 200 or body != data:
             return report.record("storage", False, f"presigned read of {key} answered HTTP "
                                  f"{status} with {len(body)} bytes")
         if content_type != "image/png":
             return report.record("storage", False, f"the store returned Content-Type {content_type!r} for a PNG")
-        failed = await pool.run(storage.delete_many, [key])
-        if failed or await pool.run(storage.head, key) is not None:
+        failed = await app.storage_pool.run(storage.delete_many, [key])
+        if failed or await storage.head(key) is not None:
             return report.record("storage", False, f"{key} could not be deleted")
     except StorageUnavailable as exc:
         return report.record("storage", False, str(exc))

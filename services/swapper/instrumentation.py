@@ -1,9 +1,10 @@
-"""Spans for the swapper's S3 calls, from OpenTelemetry's botocore instrumentation.
+"""Spans for the swapper's boto3 calls (bucket setup, deletes), from OpenTelemetry's botocore instrumentation.
 
-The RunPod calls get theirs from the aiohttp instrumentation's trace config,
-which the RunPod client adds to its own sessions (``runpod.py``); botocore
-can only be instrumented process-wide, so it is patched here while tracing
-is on, and unpatched when the app closes.
+The object requests (``objects.py``) make spans of the same names
+themselves; the RunPod calls get theirs from the aiohttp instrumentation's
+trace config, which the RunPod client adds to its own sessions
+(``runpod.py``). botocore can only be instrumented process-wide, so it is
+patched here while tracing is on, and unpatched when the app closes.
 """
 
 from __future__ import annotations

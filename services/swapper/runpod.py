@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,6 +29,7 @@ from services.common import tracing
 from services.swapper.backoff import parse_retry_after
 from services.swapper.fallback import clip
 from services.swapper.metrics import SwapperMetrics
+from services.swapper.proxies import proxy_for
 
 USER_AGENT = "facegen-swapper/0.2"
 _JSON = {"Content-Type": "application/json"}
@@ -114,8 +113,7 @@ class RunPodClient:
         self.max_connections = max_connections
         self.metrics = metrics or SwapperMetrics()
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
-        # Read once: aiohttp's trust_env would scan the environment on every request.
-        self._proxy = _proxy_for(self.api_base)
+        self._proxy = proxy_for(self.api_base)
         self._api: aiohttp.ClientSession | None = None
         self._plain: aiohttp.ClientSession | None = None
 
@@ -226,15 +224,6 @@ def _traced() -> list[aiohttp.TraceConfig]:
 
 def _timeout(total: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=total, sock_connect=min(total, _CONNECT_S))
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url``'s host (HTTPS_PROXY, NO_PROXY...), read once."""
-    proxies = urllib.request.getproxies()
-    host = urlsplit(url).hostname or ""
-    if not proxies or urllib.request.proxy_bypass(host):
-        return None
-    return proxies.get(urlsplit(url).scheme)
 
 
 def _millis(value: Any) -> int:

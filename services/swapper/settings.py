@@ -64,6 +64,8 @@ class StorageSettings(EnvSettings):
     reference_expiry_days: int = Field(7, ge=1, le=3650)
     result_expiry_days: int = Field(0, ge=0, le=36_500)
     max_attempts: int = Field(3, ge=1, le=10)
+    # Connections open to the store at once for object requests (PUT, GET, HEAD); more requests wait for one.
+    max_connections: int = Field(64, ge=1, le=4096)
     connect_timeout_s: float = Field(5.0, ge=0.1, le=120, validation_alias="S3_CONNECT_TIMEOUT_SECONDS")
     read_timeout_s: float = Field(30.0, ge=0.1, le=600, validation_alias="S3_READ_TIMEOUT_SECONDS")
 

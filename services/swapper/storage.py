@@ -1,8 +1,10 @@
-"""Object I/O in the bucket: the blocking S3 calls, and their async face with reference deduplication.
+"""Object I/O in the bucket: PUT, GET and HEAD on the event loop, batched deletes, reference deduplication.
 
-Content-Type always comes from the bytes. Results are returned as presigned
-GET URLs, or under ``S3_PUBLIC_BASE_URL`` when one is set. Bucket setup is in
-``bucket.py``; the batched deletes of temporary objects in ``deleter.py``.
+The images go through ``objects.py`` (aiohttp, signed by botocore); the
+deletes of temporary objects are batched (``deleter.py``) into boto3
+``DeleteObjects`` calls in a thread. Content-Type always comes from the
+bytes. Results are returned as presigned GET URLs, or under
+``S3_PUBLIC_BASE_URL`` when one is set. Bucket setup is in ``bucket.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -24,6 +26,7 @@ from services.swapper.blocking import BlockingPool
 from services.swapper.deleter import BatchDeleter
 from services.swapper.keys import reference_key
 from services.swapper.metrics import SwapperMetrics
+from services.swapper.objects import ObjectClient, last_modified
 from services.swapper.s3 import S3Bucket, error_code
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ T = TypeVar("T")
 _MAX_CACHED_URLS = 10_000
 # A reference known to exist is trusted this long before asking the store again.
 _KNOWN_REFERENCE_TTL_S = 600.0
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 @dataclass(frozen=True)
@@ -45,89 +49,76 @@ class ObjectInfo:
 
 
 class Storage:
-    """Blocking object calls (run them in a thread); the client is thread-safe. Each request is timed
-    by operation (``facegen_swapper_storage_operation_duration_seconds``)."""
+    """The bucket's objects: ``put``, ``get`` and ``head`` are coroutines (``objects.py``), ``delete_many`` is
+    blocking (boto3: run it in a thread). Each request is timed by operation
+    (``facegen_swapper_storage_operation_duration_seconds``); every failure but a missing object is a
+    ``StorageUnavailable`` that says what is wrong."""
 
-    def __init__(self, s3: S3Bucket, metrics: SwapperMetrics | None = None) -> None:
+    def __init__(self, s3: S3Bucket, objects: ObjectClient, metrics: SwapperMetrics | None = None) -> None:
         self.s3 = s3
+        self.objects = objects
         self.settings = s3.settings
         self.bucket = s3.bucket
         self.endpoint_url = s3.endpoint_url
         self.client = s3.client
         self.metrics = metrics or SwapperMetrics()
 
-    @contextmanager
-    def _timed(self, operation: str) -> Iterator[None]:
+    @asynccontextmanager
+    async def _timed(self, operation: str, action: str) -> AsyncIterator[None]:
+        """Times the block; a failure is counted and raised as StorageUnavailable saying it could not ``action``."""
         started = time.perf_counter()
         try:
             yield
-        except BaseException:
+        except (ClientError, BotoCoreError) as exc:
             self.metrics.storage_errors.labels(operation=operation).inc()
-            raise
+            raise self.s3.fail(exc, action) from None
         finally:
             self.metrics.storage_seconds.labels(operation=operation).observe(time.perf_counter() - started)
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Uploads ``data`` under ``key``."""
-        try:
-            with self._timed("put_object"):
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        except (ClientError, BotoCoreError) as exc:
-            raise self.s3.fail(exc, "store an image") from None
+        async with self._timed("put_object", "store an image"):
+            await self.objects.put(key, data, content_type)
 
-    def head(self, key: str) -> ObjectInfo | None:
+    async def head(self, key: str) -> ObjectInfo | None:
         """The object's size and age, or None when it does not exist."""
-        with self._timed("head_object"):
-            answer = self._unless_missing("look up an object",
-                                          lambda: self.client.head_object(Bucket=self.bucket, Key=key))
-        if answer is None:
+        headers = await self._unless_missing("head_object", "look up an object", lambda: self.objects.head(key))
+        if headers is None:
             return None
-        return ObjectInfo(size=int(answer.get("ContentLength", 0)), last_modified=answer.get("LastModified"),
-                          content_type=str(answer.get("ContentType", "")))
+        return ObjectInfo(size=int(headers.get("Content-Length", 0)), last_modified=last_modified(headers),
+                          content_type=headers.get("Content-Type", ""))
 
-    def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> bytes | None:
         """An object's bytes, or None when it does not exist."""
-        with self._timed("get_object"):
-            return self._unless_missing(
-                "read an object", lambda: bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+        return await self._unless_missing("get_object", "read an object", lambda: self.objects.get(key))
 
-    def _unless_missing(self, action: str, call: Callable[[], T]) -> T | None:
-        """``call()``, or None when the object does not exist; StorageUnavailable for any other failure."""
-        try:
-            return call()
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self.s3.fail(exc, action) from None
-        except BotoCoreError as exc:
-            raise self.s3.fail(exc, action) from None
+    async def _unless_missing(self, operation: str, action: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``await call()``, or None when the object does not exist; StorageUnavailable for any other failure."""
+        async with self._timed(operation, action):
+            try:
+                return await call()
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    return None
+                raise
 
     def delete_many(self, keys: list[str]) -> list[str]:
-        """Deletes up to 1000 keys in one request; returns the keys that could not be deleted."""
+        """Deletes up to 1000 keys in one request (blocking); returns the keys that could not be deleted."""
+        started = time.perf_counter()
         try:
-            with self._timed("delete_objects"):
-                answer = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
         except (ClientError, BotoCoreError) as exc:
+            self.metrics.storage_errors.labels(operation="delete_objects").inc()
             self.s3.fail(exc, "delete temporary objects")
             return list(keys)
+        finally:
+            self.metrics.storage_seconds.labels(operation="delete_objects").observe(time.perf_counter() - started)
         return [str(error.get("Key")) for error in answer.get("Errors", [])]
-
-    def put_and_presign(self, key: str, data: bytes, content_type: str, expiry_s: int) -> str:
-        """Uploads ``data`` and returns a presigned GET URL for it (one thread hop for both)."""
-        self.put(key, data, content_type)
-        return self.presign(key, expiry_s)
-
-    def put_result(self, key: str, data: bytes, content_type: str) -> str:
-        """Uploads a result and returns the URL for the caller."""
-        self.put(key, data, content_type)
-        return self.url_for_result(key)
 
     def presign(self, key: str, expiry_s: int) -> str:
         """A presigned GET URL (computed locally, no request)."""
-        url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expiry_s)
-        return url
+        return self.objects.presign(key, expiry_s)
 
     def url_for_result(self, key: str) -> str:
         """The public URL when a public base is set, else a presigned GET URL."""
@@ -137,7 +128,7 @@ class Storage:
 
 
 class ObjectStore:
-    """The async face of ``Storage``: runs its calls in a pool, deduplicates references, batches deletes."""
+    """What a swap asks of storage: references stored once, temporary inputs, results, batched deletes."""
 
     def __init__(self, storage: Storage, pool: BlockingPool,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -170,10 +161,10 @@ class ObjectStore:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._uploading[key] = future
         try:
-            info = await self.pool.run(self.storage.head, key)
+            info = await self.storage.head(key)
             fresh = info is not None and self._age_s(info) < self._refresh_after_s()
             if not fresh:
-                await self.pool.run(self.storage.put, key, data, mime)
+                await self.storage.put(key, data, mime)
                 self._uploads.inc()
             else:
                 self._hits.inc()
@@ -191,7 +182,7 @@ class ObjectStore:
         """NotFound when ``key`` is not a stored reference."""
         if self._known(key):
             return
-        info = await self.pool.run(self.storage.head, key)
+        info = await self.storage.head(key)
         if info is None:
             raise NotFound(f"reference_key {key!r} does not exist in storage (it may have expired); "
                            "upload the face again with PutReference")
@@ -215,20 +206,21 @@ class ObjectStore:
 
     async def put_temp(self, key: str, data: bytes, content_type: str) -> str:
         """Uploads a swap input; returns a short-lived GET URL for the worker."""
-        return await self.pool.run(self.storage.put_and_presign, key, data, content_type,
-                                   self.storage.settings.temp_presign_expiry_s)
+        await self.storage.put(key, data, content_type)
+        return self.storage.presign(key, self.storage.settings.temp_presign_expiry_s)
 
     async def temp_url(self, key: str) -> str:
         """A short-lived GET URL for a stored swap input."""
-        return await self.pool.run(self.storage.presign, key, self.storage.settings.temp_presign_expiry_s)
+        return self.storage.presign(key, self.storage.settings.temp_presign_expiry_s)
 
     async def get(self, key: str) -> bytes | None:
         """An object's bytes, or None when it does not exist."""
-        return await self.pool.run(self.storage.get, key)
+        return await self.storage.get(key)
 
     async def put_result(self, key: str, data: bytes, content_type: str) -> str:
         """Uploads a result; returns the URL handed back to the caller."""
-        return await self.pool.run(self.storage.put_result, key, data, content_type)
+        await self.storage.put(key, data, content_type)
+        return self.storage.url_for_result(key)
 
     async def reference_url(self, key: str, needed_s: float) -> str:
         """A presigned GET URL for a reference that stays valid at least ``needed_s`` more seconds.
@@ -241,7 +233,7 @@ class ObjectStore:
         if cached is not None and cached[1] - now >= needed_s:
             return cached[0]
         expiry = self.storage.settings.temp_presign_expiry_s
-        url = await self.pool.run(self.storage.presign, key, expiry)
+        url = self.storage.presign(key, expiry)
         if len(self._reference_urls) >= _MAX_CACHED_URLS:
             self._reference_urls.clear()
         self._reference_urls[key] = (url, now + expiry)

@@ -80,12 +80,13 @@ async def test_running_jobs_queue_depth_and_open_streams_are_gauged(start_gatewa
 
 async def test_refused_callers_are_counted_by_reason(start_gateway: GatewayFactory) -> None:
     gateway = await start_gateway(auth_token="a-long-secret-token-value-123")
-    for metadata in ((), (("authorization", "Bearer wrong"),)):
+    for metadata in ((), (("authorization", "Basic d3Jvbmc="),), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await gateway.stub.Get(gateway_pb2.GetRequest(job_id="x"), metadata=metadata)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert metric(gateway, "facegen_gateway_auth_failures_total", reason="missing") == 1
-    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="invalid") == 1
+    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="malformed") == 1
+    assert metric(gateway, "facegen_gateway_auth_failures_total", reason="unknown") == 1
 
 
 async def test_at_info_a_job_logs_its_life_and_each_event_only_at_debug(
@@ -131,6 +132,12 @@ async def test_a_job_is_one_trace_from_the_call_that_submitted_it(gateway: Gatew
     assert run.events[-1].name == "job.terminal" and len(run.events) < len(events) - 2
     # The generator is called with the client span's context: its own spans continue the trace.
     assert upstreams.generator.traceparents == [f"00-{TRACE_ID}-{hex_id(generate)[1]}-01"]
+    # Calls about a job, in traces of their own, name it.
+    await gateway.stub.Cancel(gateway_pb2.CancelRequest(job_id=submitted.job_id))
+    await until(lambda: named(spans, "facegen.v1.GatewayService/Cancel"), 5, "the Cancel span")
+    for rpc in ("Watch", "Get", "Cancel"):
+        (call,) = named(spans, f"facegen.v1.GatewayService/{rpc}")
+        assert call.attributes["facegen.job_id"] == submitted.job_id, rpc
 
 
 async def test_without_tracing_no_trace_id_is_made_up(gateway: Gateway, upstreams: FakeUpstreams) -> None:

@@ -1,13 +1,15 @@
 """``python -m services.generator`` as a process: loads a hub model from the local cache offline,
-becomes healthy, serves, and stops on SIGTERM."""
+becomes healthy, serves, and stops on SIGTERM; its device processes' fork server logs in its format."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,3 +97,16 @@ async def test_module_entry_point_loads_a_cached_hub_model_offline_and_stops_on_
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_the_fork_server_logs_in_the_services_format() -> None:
+    # The device processes' fork server imports the pipelines' modules, and transformers warns while
+    # they load: with LOG_FORMAT=json those lines must be JSON lines of the generator too.
+    env = {**os.environ, "LOG_FORMAT": "json", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", "import services.generator.device_preload"], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    for line in (done.stdout + done.stderr).splitlines():
+        assert line.startswith("{"), f"not a JSON line: {line!r}"
+        entry = json.loads(line)
+        assert entry["service"] == "generator" and entry["level"] in ("warning", "error"), entry

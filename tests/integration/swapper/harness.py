@@ -78,9 +78,7 @@ class Harness:
         """An object's bytes."""
         storage = self.app.storage
         assert storage is not None
-        data = storage.get(key)
-        assert data is not None, f"{key} does not exist"
-        return data
+        return bytes(storage.client.get_object(Bucket=storage.bucket, Key=key)["Body"].read())
 
     def metric(self, name: str, **labels: str) -> float:
         """A value of the swapper's metrics."""

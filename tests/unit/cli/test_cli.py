@@ -121,3 +121,14 @@ def test_json_lines_leave_previews_out() -> None:
     decoded = json.loads(event_json(event))
     assert decoded["denoise"] == {"step": 3, "total_steps": 8}
     assert decoded["stage"] == "STAGE_GENERATING"
+
+
+def test_the_result_names_the_jobs_trace_when_it_has_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(tmp_path, "--no-download")
+    for trace_id, expected in (("4bf92f3577b34da6a3ce929d0e0e4736", ["trace 4bf92f3577b34da6a3ce929d0e0e4736"]),
+                               ("", [])):
+        result = gateway_pb2.JobResult(state=gateway_pb2.JOB_STATE_COMPLETED, trace_id=trace_id)
+        cli.finish(gateway_pb2.JobEvent(job_id="j1", result=result), args)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "job j1: COMPLETED"
+        assert [line for line in lines if line.startswith("trace ")] == expected

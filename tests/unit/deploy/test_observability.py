@@ -16,14 +16,16 @@ import pytest
 from services.common.metrics import ServiceMetrics
 from services.gateway.metrics import GatewayMetrics
 from services.generator.metrics import GeneratorMetrics
+from services.stack.runpod_emulator.metrics import EndpointCollector
 from services.swapper.metrics import SwapperMetrics
-from tests.unit.deploy.deploy_facts import DEPLOY, PORTS
+from tests.unit.deploy.deploy_facts import DEPLOY, PORTS, REPO
 from tests.unit.deploy.manifests import Obj, render
 
 pytestmark = pytest.mark.unit
 
 OBSERVABILITY = DEPLOY / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
+OPERATIONS = REPO / "docs" / "operations.md"
 # Prometheus' own series, and the emulator's (a custom collector: listed by hand).
 OTHER_SERIES = {"up", "facegen_runpod_emulator_jobs_submitted_total", "facegen_runpod_emulator_jobs_total",
                 "facegen_runpod_emulator_queue_length", "facegen_runpod_emulator_jobs_in_progress"}
@@ -137,3 +139,38 @@ def test_every_dashboard_panel_reads_metrics_the_services_export() -> None:
     covered = {name for panel in panels for target in panel["targets"] for name in metrics_in(target["expr"])}
     for prefix in ("facegen_gateway_", "facegen_generator_", "facegen_swapper_", "grpc_server_", "grpc_client_"):
         assert any(name.startswith(prefix) for name in covered), f"no panel shows {prefix}*"
+
+
+def defined_metrics() -> set[str]:
+    """The name of every metric the services (and the emulator) define, as scraped (counters with _total)."""
+    families = [family for metrics in (GatewayMetrics(), GeneratorMetrics(), SwapperMetrics())
+                for family in metrics.registry.collect()]
+    families += EndpointCollector(dict).collect()
+    return {family.name + ("_total" if family.type == "counter" else "") for family in families
+            if family.name.startswith(("facegen_", "grpc_"))}
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown text (fenced code left out)."""
+    anchors, fenced = set(), False
+    for line in markdown.splitlines():
+        fenced ^= line.startswith("```")
+        heading = re.match(r"#{1,6} (.+)", line)
+        if heading and not fenced:
+            anchors.add(re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_docs_operations_names_every_metric_every_alert_and_each_runbook_anchor() -> None:
+    text = OPERATIONS.read_text()
+    missing = sorted(name for name in defined_metrics() if f"`{name}`" not in text)
+    assert not missing, f"docs/operations.md does not list {missing}"
+    labels = {"grpc_type", "grpc_service", "grpc_method", "grpc_code"}
+    # Whole names only: a grep pattern's prefix (`^facegen_gateway_(jobs|images)`) is not a metric.
+    stale = sorted(set(re.findall(r"\b(?:facegen|grpc)_[a-z0-9_]*[a-z0-9]\b", text)) - exported() - labels)
+    assert not stale, f"docs/operations.md names metrics no service exports: {stale}"
+    anchors = heading_anchors(text)
+    for alert in (item for group in only("PrometheusRule")["spec"]["groups"] for item in group["rules"]):
+        assert f"`{alert['alert']}`" in text, f"docs/operations.md does not describe {alert['alert']}"
+        page, _, anchor = alert["annotations"]["runbook"].partition("#")
+        assert page == "docs/operations.md" and anchor in anchors, (alert["alert"], alert["annotations"]["runbook"])

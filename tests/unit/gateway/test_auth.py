@@ -93,7 +93,7 @@ def test_every_known_token_is_compared_whichever_matches(tokens_file: Path, monk
 def test_the_single_token_is_the_caller_default_and_no_token_means_anyone() -> None:
     single = Authenticator(single_token=SecretStr("a-long-secret-token-value-123"))
     assert single.caller(_bearer("a-long-secret-token-value-123")) == "default"
-    assert single.describe() == "a-long…lue-123"
+    assert single.describe() == "…-123"
     anyone = Authenticator()
     assert not anyone.required and anyone.caller(None) == ANONYMOUS and anyone.describe() == "off"
 

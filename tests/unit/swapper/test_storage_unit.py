@@ -20,6 +20,7 @@ from services.swapper.deleter import BatchDeleter
 from services.swapper.inputs import check_image
 from services.swapper.keys import is_reference_key, is_temp_key_of, reference_key, result_key, temp_key
 from services.swapper.metrics import SwapperMetrics
+from services.swapper.objects import ObjectClient
 from services.swapper.s3 import S3Bucket
 from services.swapper.settings import StorageSettings
 from services.swapper.storage import ObjectInfo, ObjectStore, Storage
@@ -33,7 +34,7 @@ def storage(**env: str) -> Storage:
     settings = StorageSettings.from_env({"S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com",
                                          "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0123", "S3_SECRET_ACCESS_KEY": "s",
                                          "S3_BUCKET": "faces", **env})
-    return Storage(S3Bucket(settings))
+    return Storage(S3Bucket(settings), ObjectClient(settings, BlockingPool("unit-sign", 1)))
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -106,17 +107,17 @@ class StubStorage:
         self.objects: dict[str, tuple[bytes, datetime]] = {}
         self.puts: list[str] = []
         self.metrics = SwapperMetrics()
-        self.gate = threading.Event()
+        self.gate = asyncio.Event()
         self.gate.set()
 
-    def head(self, key: str) -> ObjectInfo | None:
-        self.gate.wait(5)
+    async def head(self, key: str) -> ObjectInfo | None:
+        await self.gate.wait()
         if key not in self.objects:
             return None
         data, modified = self.objects[key]
         return ObjectInfo(len(data), modified, "image/png")
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
         self.puts.append(key)
         self.objects[key] = (data, datetime.now(UTC))
 
