@@ -40,6 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import grpc  # noqa: E402
 
+from bench.gateway_runner import cpu_seconds, percentile  # noqa: E402
 from facegen.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from tests.fakes.grpc_upstreams import FakeUpstreams, GeneratorScript, SwapScript, png_bytes  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
@@ -52,23 +53,6 @@ WATCH_JOBS = 50
 WATCHERS_PER_JOB = 20
 TARGETS = {"failover_s": 5.0, "duplicate_remote_submissions": 0, "lost_or_duplicated_events": 0,
            "redis_added_p50_ms": 2.0, "cpu_ratio": 1.5, "watch_errors": 0}
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of the process, in nanoseconds' resolution (/proc/<pid>/task/*/schedstat);
-    psutil's cpu_times counts in clock ticks (10 ms), too coarse for one job."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
 
 
 async def run_job(stub: gateway_pb2_grpc.GatewayServiceStub, request: gateway_pb2.JobRequest,

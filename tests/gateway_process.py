@@ -24,8 +24,11 @@ class GatewayProcess:
     """One gateway replica in its own process, its log in ``log_path``."""
 
     def __init__(self, name: str, log_dir: Path, env: dict[str, str],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 python_args: tuple[str, ...] = ("-m", "services.gateway")) -> None:
         self.name = name
+        # What the interpreter runs (a benchmark may run the gateway under a profiler).
+        self.python_args = python_args
         # For a gateway that serves TLS (GATEWAY_TLS_*): how this test's own channel connects.
         self.credentials = credentials
         self.port = free_port()
@@ -40,7 +43,7 @@ class GatewayProcess:
         """Starts the process and waits until it reports SERVING."""
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.gateway", cwd=ROOT, env=self.env, stdout=log,
+                sys.executable, *self.python_args, cwd=ROOT, env=self.env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         options = message_size_options(MAX_MESSAGE_BYTES)
         self.channel = (grpc.aio.secure_channel(self.address, self.credentials, options=options)
