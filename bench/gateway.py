@@ -66,7 +66,7 @@ from tests.redis_server import free_port  # noqa: E402
 
 CONCURRENT = 500
 SEQUENTIAL_JOBS = 150
-ROUNDS = 4
+ROUNDS = 12
 TARGETS: dict[str, float] = {"overhead_c1_ms": 15.0, "overlap": 1.10, "c500_errors": 0,
                              "rss_per_inflight_job_kb": 100.0, "observed_c1_added_p50_ms": 1.0,
                              "observed_c500_throughput_lost_pct": 5.0, "observed_c500_capacity_lost_pct": 5.0}

@@ -269,7 +269,7 @@ class JobRun:
         if kind == "queued":
             position = event.queued.position
             await self._emit(GENERATING, f"waiting for the generator (position {position})",
-                             queue_position=position)
+                             queue_position=position, milestone=False)
         elif kind == "step":
             step = event.step
             self._progress.step(step.step, step.total_steps)
@@ -467,7 +467,8 @@ class JobRun:
                     image_index: int = -1, denoise: gateway_pb2.DenoiseProgress | None = None,
                     remote: common_pb2.RemoteJobStatus | None = None,
                     image: gateway_pb2.ImageResult | None = None, result: gateway_pb2.JobResult | None = None,
-                    queue_position: int = 0, resumed: bool = False, checkpoint: int | None = None) -> None:
+                    queue_position: int = 0, resumed: bool = False, checkpoint: int | None = None,
+                    milestone: bool = True) -> None:
         if self._ended:
             return
         # A job's stage never goes backwards: per-image detail lives in the image and remote fields.
@@ -479,10 +480,11 @@ class JobRun:
         event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
         checkpoints = None if checkpoint is None else {checkpoint: self._image(checkpoint)}
         await self._store.append(self.lease, event, state, checkpoints)
-        if denoise is None and self._span.is_recording():
-            # The job's progress goes on its span as events, not as spans. Denoising steps are not
-            # repeated there: they are events of the generator's span, in the same trace (an event
-            # costs the gateway ~25 µs of CPU, recorded and exported; bench/gateway.py).
+        if self._span.is_recording() and milestone and denoise is None and remote is None:
+            # The job's milestones go on its span as events, not as spans. Denoising steps, queue
+            # positions and remote statuses are not repeated there: they are events of the
+            # generator's and swapper's spans in the same trace (an event costs the gateway ~25 µs
+            # of CPU, recorded and exported; bench/gateway.py).
             attributes: dict[str, str | int] = {"seq": event.seq, "message": message}
             if image_index >= 0:
                 attributes["image"] = image_index
