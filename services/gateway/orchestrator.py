@@ -80,6 +80,9 @@ class JobRun:
         self._images = lease.images
         self._reference_task: asyncio.Task[str] | None = None
         self._swaps: list[asyncio.Task[None]] = []
+        # Images whose Swap this run has called: a resumable swap outlives its call, so each of them
+        # gets a CancelSwap when the job ends without its result (even before the swapper stored it).
+        self._swaps_called: set[int] = set()
         self._swap_slots = asyncio.Semaphore(services.settings.swap_concurrency)
         self._metrics = services.metrics
         # This run's span (a child of the submitting call's span, also on a resume); events go on it.
@@ -311,6 +314,7 @@ class JobRun:
                 resumable=self._services.resumable_swaps)
             del image
             point = self._image(index)
+            self._swaps_called.add(index)
             try:
                 result = await self._swap_resuming(request)
                 point.result = image_result(index, seed, result)
@@ -453,7 +457,7 @@ class JobRun:
         if not self._services.resumable_swaps:
             return
         left = [index for index, point in self._images.items()
-                if point.stored_key and not point.finished]
+                if (point.stored_key or index in self._swaps_called) and not point.finished]
         if not left:
             return
         try:

@@ -8,7 +8,8 @@ slot), expiring a little after the swap's deadline:
 - ``state``: ``submitting`` (written before ``/run``, by one call only),
   ``submitted`` (with ``remote_job_id`` and ``endpoint``, written as soon as
   ``/run`` answers) or ``cancelled`` (CancelSwap; a tombstone that keeps any
-  later call from submitting the swap again until it expires).
+  later call from submitting the swap again until it expires, also made when
+  CancelSwap comes before the Swap it cancels).
 
 Every operation fails fast with ``Unavailable`` while Redis is down.
 """
@@ -45,12 +46,13 @@ _FORGET = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'cancelled' then redis.call('DEL', KEYS[1]) end
 return 0
 """
-# Leaves a tombstone in place of the record; returns what the record held before.
+# Leaves a tombstone in place of the record, also where there is none yet (a Swap still on its way
+# must not submit: it finds the tombstone when it claims); returns what the record held before.
 _CANCEL = """
 local before = redis.call('HGETALL', KEYS[1])
-if #before == 0 then return before end
 redis.call('HDEL', KEYS[1], 'target_key', 'remote_job_id', 'endpoint')
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
+if #before == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return before
 """
 
@@ -133,9 +135,14 @@ class SwapRecords:
                                                      args=[remote_job_id, endpoint, self._ttl_ms(budget_s)]))
         return bool(cancelled)
 
-    async def cancel(self, job_id: str, index: int) -> SwapRecord | None:
-        """Turns the record into a tombstone; returns what it held (None: there was no record)."""
-        return SwapRecord.parse(await self._call(self._cancel(keys=[self.key(job_id, index)])))
+    async def cancel(self, job_id: str, index: int, budget_s: float) -> SwapRecord | None:
+        """Turns the record into a tombstone; returns what it held (None: there was no record).
+
+        A tombstone made where there was no record lasts ``budget_s`` (the longest a Swap of it could
+        still be on its way) plus the grace period.
+        """
+        return SwapRecord.parse(await self._call(self._cancel(keys=[self.key(job_id, index)],
+                                                              args=[self._ttl_ms(budget_s)])))
 
     async def forget(self, job_id: str, index: int) -> None:
         """Forgets a finished swap (a CancelSwap tombstone stays until it expires)."""

@@ -112,7 +112,7 @@ class Swapper:
         records = self._ready_records("CancelSwap")
         store = self._ready_store()
         with logs.job_context(job_id):
-            before = await records.cancel(job_id, index)
+            before = await records.cancel(job_id, index, self.settings.runpod.deadline_s)
             cancelled = False
             if before is not None and before.state == SUBMITTED and self.remote is not None:
                 endpoint = self.remote.endpoint(before.endpoint)

@@ -53,6 +53,22 @@ async def test_cancelling_the_run_stream_while_swapping_cancels_the_swaps(
     assert sorted(upstreams.swapper.cancelled_swaps) == [(first.job_id, 0), (first.job_id, 1)]
 
 
+async def test_a_cancelled_job_cancels_each_resumable_swap_it_called_stored_or_not(
+        gateway: Gateway, upstreams: FakeUpstreams, store_kind: str) -> None:
+    # A resumable swap outlives its call (a gateway that dies must not end it), so a job that is
+    # cancelled while a Swap is still on its way, before the swapper stored anything, must say so
+    # with CancelSwap, or the swap would go on to pay for a RunPod job nobody wants.
+    upstreams.swapper.script.gate = asyncio.Event()  # each Swap waits before its "stored" event
+    stream = gateway.stub.Run(job_request(num_images=2))
+    first = await next_event(stream)
+    await upstreams.swapper.wait_for(lambda s: s.active == 2)
+    await gateway.stub.Cancel(gateway_pb2.CancelRequest(job_id=first.job_id))
+    await upstreams.swapper.wait_for(lambda s: len(s.cancelled_swaps) == 2)
+    expected = [(first.job_id, 0), (first.job_id, 1)] if store_kind == "redis" else []
+    await upstreams.swapper.wait_for(lambda s: len(s.cancel_swap_calls) == len(expected))
+    assert sorted(upstreams.swapper.cancel_swap_calls) == expected, "only resumable swaps outlive their call"
+
+
 async def test_the_cancel_rpc_stops_the_job_and_its_upstream_calls(
         gateway: Gateway, upstreams: FakeUpstreams, store_kind: str) -> None:
     upstreams.generator.script.gate = asyncio.Event()

@@ -140,6 +140,21 @@ async def test_cancel_swap_sends_one_cancel_and_ends_the_swap_for_good(make_swap
     assert harness.fake.count("run") == 1 and harness.fake.count("cancel") == 1
 
 
+async def test_cancel_swap_before_the_swap_arrives_keeps_it_from_submitting(make_swapper: MakeSwapper,
+                                                                           redis_url: str) -> None:
+    # A gateway cancels a job while its Swap call is still on its way: the CancelSwap may come first.
+    harness = await make_swapper(REDIS_URL=redis_url)
+    reference = await harness.put_reference()
+    answer = await harness.stub.CancelSwap(swapper_pb2.CancelSwapRequest(job_id="res-early", image_index=1))
+    assert answer.remote_cancelled is False
+    assert record(redis_url, "res-early", 1) == {"state": "cancelled"}
+    ttl_ms = redis.Redis.from_url(redis_url).pttl("facegen:swap:{res-early}:1")
+    assert ttl_ms > 0, "a tombstone made without a record expires"
+    result = result_of(await harness.swap(resumable(harness, reference, "res-early", image_index=1)))
+    assert result.fallback_reason == common_pb2.FALLBACK_REASON_CANCELLED
+    assert harness.fake.count("run") == 0
+
+
 async def test_cancel_swap_during_run_cancels_the_job_as_it_is_accepted(make_swapper: MakeSwapper,
                                                                          redis_url: str) -> None:
     harness = await make_swapper(REDIS_URL=redis_url)
