@@ -92,7 +92,12 @@ class JobFollower:
 class StreamView:
     """Where a job stream stands, as the sync and asyncio streams show it."""
 
-    _follower: JobFollower
+    def __init__(self, follower: JobFollower, request: gateway_pb2.JobRequest | None) -> None:
+        self._follower = follower
+        # A run submits first, and owns its job (cancels it when left early). The request, with its
+        # photos, is let go once the submit has answered.
+        self._owns_job = request is not None
+        self._request = request
 
     @property
     def job_id(self) -> str | None:

@@ -122,12 +122,8 @@ class JobStream(StreamView, Iterator[gateway_pb2.JobEvent]):
 
     def __init__(self, client: FacegenClient, follower: JobFollower,
                  request: gateway_pb2.JobRequest | None = None) -> None:
+        super().__init__(follower, request)
         self._client = client
-        self._follower = follower
-        # A run submits first, and owns its job (cancels it when left early). The request, with its
-        # photos, is let go once the submit has answered.
-        self._owns_job = request is not None
-        self._request = request
         self._events = self._follow()
 
     def __iter__(self) -> JobStream:
