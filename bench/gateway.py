@@ -8,9 +8,10 @@ with fixed delays:
 
 - "off": no metrics endpoint, no tracing (the defaults);
 - "on": ``GATEWAY_METRICS_LISTEN`` set and scraped once a second, spans
-  exported over OTLP with the sampler always on, both to bench/telemetry_sink.py
-  (an OTLP receiver and a scraper in a process of its own, so that they cost
-  nothing in this event loop).
+  exported over OTLP with the sampler always on (``--sampler``/``--sampler-arg``
+  choose another, e.g. ``parentbased_traceidratio`` and ``0.1``), both to
+  bench/telemetry_sink.py (an OTLP receiver and a scraper in a process of its
+  own, so that they cost nothing in this event loop).
 
 The figures:
 
@@ -40,6 +41,7 @@ leave CPU-time profiles of all their threads there (``off.pstats``, ``on.pstats`
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -67,6 +69,8 @@ from tests.redis_server import free_port  # noqa: E402
 CONCURRENT = 500
 SEQUENTIAL_JOBS = 150
 ROUNDS = 12
+# The span processor's batch delay (OTEL_BSP_SCHEDULE_DELAY, 5 s by default): a sampled bench waits that long for news.
+EXPORT_DELAY_S = 5.0
 TARGETS: dict[str, float] = {"overhead_c1_ms": 15.0, "overlap": 1.10, "c500_errors": 0,
                              "rss_per_inflight_job_kb": 100.0, "observed_c1_added_p50_ms": 1.0,
                              "observed_c500_throughput_lost_pct": 5.0, "observed_c500_capacity_lost_pct": 5.0}
@@ -95,7 +99,7 @@ async def stop(gateway: GatewayProcess) -> None:
     await gateway.close()
 
 
-async def main() -> dict[str, object]:
+async def main(sampler: str, sampler_arg: str | None) -> dict[str, object]:
     load_start = load()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as work:
         async with FakeUpstreams(keep_images=False) as fakes:
@@ -108,10 +112,11 @@ async def main() -> dict[str, object]:
             off = gateway_process("off", Path(work), common)
             on = gateway_process("on", Path(work), {
                 **common, "GATEWAY_METRICS_LISTEN": metrics_listen, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
-                "OTEL_TRACES_SAMPLER": "always_on"})
+                "OTEL_TRACES_SAMPLER": sampler, **({"OTEL_TRACES_SAMPLER_ARG": sampler_arg} if sampler_arg else {})})
             try:
                 await asyncio.gather(off.start(), on.start())
-                figures = await measure(fakes, off, on, sink)
+                figures = await measure(fakes, off, on, sink, every_job_traced=sampler == "always_on")
+                figures["sampler"] = f"{sampler}:{sampler_arg}" if sampler_arg else sampler
             finally:
                 await asyncio.gather(stop(off), stop(on))
                 await sink.close()
@@ -132,7 +137,7 @@ async def main() -> dict[str, object]:
 
 
 async def measure(fakes: FakeUpstreams, off: GatewayProcess, on: GatewayProcess,
-                  sink: TelemetrySink) -> dict[str, Any]:
+                  sink: TelemetrySink, every_job_traced: bool) -> dict[str, Any]:
     request = gateway_pb2.JobRequest(prompt="a portrait", reference_image=png_bytes(64, 64))
     jobs_on = 0
     figures: dict[str, Any] = {}
@@ -190,7 +195,7 @@ async def measure(fakes: FakeUpstreams, off: GatewayProcess, on: GatewayProcess,
     jobs_on += ROUNDS * CONCURRENT
     figures.update(throughput(fakes, delays, bursts))
 
-    figures.update(await telemetry_received(sink, jobs_on))
+    figures.update(await telemetry_received(sink, jobs_on, every_job_traced))
     print("(the clients and the fake upstreams share this process, and the sink its process, with the gateways "
           "on the machine's cores)")
     return figures
@@ -287,15 +292,25 @@ def throughput(fakes: FakeUpstreams, delays: Delays, bursts: dict[str, list[Burs
         "observed_c500_capacity_lost_pct": round(capacity_lost, 2)}
 
 
-async def telemetry_received(sink: TelemetrySink, jobs_on: int, within_s: float = 30.0) -> dict[str, Any]:
+async def telemetry_received(sink: TelemetrySink, jobs_on: int, every_job_traced: bool,
+                             within_s: float = 30.0) -> dict[str, Any]:
     """What the sink got, once a job span of every job on "on" has arrived (spans are exported in batches,
-    every few seconds) or ``within_s`` has passed."""
+    every few seconds), or, with a sampler that leaves jobs out, once nothing new came for a batch
+    delay; or when ``within_s`` has passed. ``one_trace_per_job``: each trace received is one job's."""
     deadline = time.monotonic() + within_s
     got = await sink.report()
-    while got["traces_with_a_job_span"] < jobs_on and time.monotonic() < deadline:
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        if every_job_traced and got["traces_with_a_job_span"] >= jobs_on:
+            break
+        if not every_job_traced and time.monotonic() - quiet_since > EXPORT_DELAY_S + 1:
+            break
         await asyncio.sleep(0.5)
-        got = await sink.report()
-    one_trace_per_job = got["traces"] == got["job_spans"] == got["traces_with_a_job_span"] == jobs_on
+        before, got = got, await sink.report()
+        if got["spans"] != before["spans"]:
+            quiet_since = time.monotonic()
+    traced = jobs_on if every_job_traced else got["job_spans"]
+    one_trace_per_job = got["traces"] == got["job_spans"] == got["traces_with_a_job_span"] == traced
     sink_cpu = psutil.Process(sink.pid).cpu_times()
     print(f"telemetry: {got['spans']} spans in {got['traces']} traces for {jobs_on} jobs on 'on' "
           f"({got['job_spans']} job spans; one trace per job: {one_trace_per_job}), spans by name "
@@ -303,13 +318,19 @@ async def telemetry_received(sink: TelemetrySink, jobs_on: int, within_s: float 
           f"{got['scrape_ms_max']} ms, {got['scrape_bytes']} bytes, {got['scrape_failures']} failed), the last "
           f"counting {got['jobs_finished_scraped']} finished jobs; the sink used "
           f"{sink_cpu.user + sink_cpu.system:.1f} s of CPU; load {load()}")
-    return {"jobs_on": jobs_on, "spans_received": got["spans"], "traces_received": got["traces"],
+    return {"jobs_on": jobs_on, "jobs_traced": got["job_spans"], "spans_received": got["spans"],
+            "traces_received": got["traces"],
             "job_spans_received": got["job_spans"], "one_trace_per_job": one_trace_per_job,
-            "spans_per_job": round(got["spans"] / jobs_on, 2), "scrapes": got["scrapes"],
+            "spans_per_job": round(got["spans"] / max(1, got["job_spans"]), 2), "scrapes": got["scrapes"],
             "scrape_failures": got["scrape_failures"], "scrape_ms_p50": got["scrape_ms_p50"],
             "jobs_finished_scraped": got["jobs_finished_scraped"],
             "sink_cpu_s": round(sink_cpu.user + sink_cpu.system, 2)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main())))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sampler", default="always_on",
+                        help="OTEL_TRACES_SAMPLER of the observed gateway (default: always_on)")
+    parser.add_argument("--sampler-arg", help="its OTEL_TRACES_SAMPLER_ARG, e.g. 0.1 for a ratio sampler")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.sampler, args.sampler_arg))))
