@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -64,6 +65,13 @@ async def test_a_consumer_that_leaves_makes_the_pending_delivery_raise_and_waits
     assert seen == ["gone", "cleaned up"], "aclose returns after the producer's clean-up, not before"
 
 
+async def consume_all(produce: Callable[[Deliver[int]], Awaitable[None]]) -> None:
+    """Reads every value ``produce`` hands over (until cancelled)."""
+    async with contextlib.aclosing(handed_over(produce, Gone)) as events:
+        async for _ in events:
+            pass
+
+
 async def test_a_cancelled_consumer_cancels_the_producer() -> None:
     started = asyncio.Event()
     outcome: list[str] = []
@@ -76,12 +84,7 @@ async def test_a_cancelled_consumer_cancels_the_producer() -> None:
             outcome.append("cancelled")
             raise
 
-    async def consume() -> None:
-        async with contextlib.aclosing(handed_over(produce, Gone)) as events:
-            async for _ in events:
-                pass
-
-    consumer = asyncio.create_task(consume())
+    consumer = asyncio.create_task(consume_all(produce))
     await asyncio.wait_for(started.wait(), 5)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -118,12 +121,7 @@ async def test_a_producer_that_outlives_the_cancel_is_told_the_consumer_is_gone_
         except Gone:
             outcome.append("told: gone")
 
-    async def consume() -> None:
-        async with contextlib.aclosing(handed_over(produce, Gone)) as events:
-            async for _ in events:
-                pass
-
-    consumer = asyncio.create_task(consume())
+    consumer = asyncio.create_task(consume_all(produce))
     await asyncio.wait_for(started.wait(), 5)
     consumer.cancel()
     done, _ = await asyncio.wait({consumer}, timeout=5)
