@@ -98,6 +98,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/gateway.py
 	HF_HUB_OFFLINE=1 $(PY) bench/generator.py
 	HF_HUB_OFFLINE=1 $(PY) bench/swapper.py
+	HF_HUB_OFFLINE=1 $(PY) bench/scaleout.py
 	HF_HUB_OFFLINE=1 $(WORKER_VENV)/bin/python bench/faceswap.py
 
 clean:

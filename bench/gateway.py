@@ -10,7 +10,7 @@ with fixed delays:
 - "on": ``GATEWAY_METRICS_LISTEN`` set and scraped once a second, spans
   exported over OTLP with the sampler always on (``--sampler``/``--sampler-arg``
   choose another, e.g. ``parentbased_traceidratio`` and ``0.1``), both to
-  bench/telemetry_sink.py (an OTLP receiver and a scraper in a process of its
+  bench/support/telemetry_sink.py (an OTLP receiver and a scraper in a process of its
   own, so that they cost nothing in this event loop).
 
 The figures:
@@ -35,7 +35,7 @@ The figures:
 
 Human lines first, with the 1-minute load average; the last line is one JSON
 object with figures and targets. Run: ``.venv/bin/python bench/gateway.py``;
-with ``BENCH_PROFILE_DIR=<dir>`` both gateways run under bench/profiled.py and
+with ``BENCH_PROFILE_DIR=<dir>`` both gateways run under bench/support/profiled.py and
 leave CPU-time profiles of all their threads there (``off.pstats``, ``on.pstats``).
 """
 
@@ -59,8 +59,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import psutil  # noqa: E402
 
-from bench.gateway_runner import Delays, Outcome, cpu_seconds, percentile, run_one  # noqa: E402
-from bench.telemetry_sink import TelemetrySink  # noqa: E402
+from bench.support.gateway_runner import Delays, Outcome, cpu_seconds, percentile, run_one  # noqa: E402
+from bench.support.telemetry_sink import TelemetrySink  # noqa: E402
 from facegen.v1 import gateway_pb2  # noqa: E402
 from tests.fakes.grpc_upstreams import FakeUpstreams, png_bytes  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
@@ -82,12 +82,12 @@ def load() -> float:
 
 
 def gateway_process(name: str, work: Path, env: dict[str, str]) -> GatewayProcess:
-    """A gateway process; under bench/profiled.py, writing ``<name>.pstats`` there, when BENCH_PROFILE_DIR is set."""
+    """A gateway process; with BENCH_PROFILE_DIR set, under bench/support/profiled.py (``<name>.pstats``)."""
     profile_dir = os.environ.get("BENCH_PROFILE_DIR")
     if not profile_dir:
         return GatewayProcess(name, work, env)
     out = str(Path(profile_dir).resolve() / f"{name}.pstats")
-    return GatewayProcess(name, work, env, python_args=("-m", "bench.profiled", out, "services.gateway"))
+    return GatewayProcess(name, work, env, python_args=("-m", "bench.support.profiled", out, "services.gateway"))
 
 
 async def stop(gateway: GatewayProcess) -> None:

@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 import grpc  # noqa: E402
 
-from bench.gateway_runner import cpu_seconds, percentile  # noqa: E402
+from bench.support.gateway_runner import cpu_seconds, percentile  # noqa: E402
 from facegen.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from tests.fakes.grpc_upstreams import FakeUpstreams, GeneratorScript, SwapScript, png_bytes  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
@@ -188,7 +188,7 @@ async def main(skip_stack: bool) -> dict[str, object]:
         work = Path(directory)
         figures: dict[str, object] = {}
         if not skip_stack:
-            from bench.scaleout_failover import failover_runs  # the real stack: slow to import and start
+            from bench.support.scaleout_failover import failover_runs  # the real stack: slow to import and start
 
             figures.update(await asyncio.to_thread(failover_runs, work / "stack", KILL_RUNS, LEASE_S))
         figures.update(await fake_parts(work))

@@ -7,7 +7,7 @@ benchmark reports this process's CPU time). The protocol on stdin/stdout:
 the first line it prints is the OTLP endpoint; each ``report`` line read gets
 one JSON line back (``TelemetrySink.report``); end of input stops it.
 
-Run: ``python -m bench.telemetry_sink http://127.0.0.1:PORT/metrics``
+Run: ``python -m bench.support.telemetry_sink http://127.0.0.1:PORT/metrics``
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.otlp_receiver import OtlpReceiver
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_EVERY_S = 1.0
 JOB_SPAN = "facegen.job"
 JOBS_FINISHED = "facegen_gateway_jobs_finished_total"
@@ -126,7 +126,7 @@ class TelemetrySink:
     async def start(self, env: dict[str, str]) -> TelemetrySink:
         """Starts the process; returns once its receiver listens."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.telemetry_sink", self.metrics_url, cwd=ROOT, env=env,
+            sys.executable, "-m", "bench.support.telemetry_sink", self.metrics_url, cwd=ROOT, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert self.process.stdout is not None
         self.endpoint = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode().strip()

@@ -1,6 +1,6 @@
 """Runs a module under cProfile, every Python thread included, and writes the statistics when it exits.
 
-``python -m bench.profiled OUT.pstats services.gateway`` runs ``python -m
+``python -m bench.support.profiled OUT.pstats services.gateway`` runs ``python -m
 services.gateway`` with a profiler on the main thread and on each thread
 started after it (an exporter's, an executor's), and writes them, merged, to
 ``OUT.pstats`` (and the main thread alone to ``OUT.main.pstats``) when the
@@ -57,5 +57,5 @@ def main(out: str, module: str, args: list[str]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        sys.exit("usage: python -m bench.profiled OUT.pstats MODULE [ARG...]")
+        sys.exit("usage: python -m bench.support.profiled OUT.pstats MODULE [ARG...]")
     main(sys.argv[1], sys.argv[2], sys.argv[3:])
