@@ -187,7 +187,7 @@ class ClientObserver:
         series.started.inc()
         series.in_flight.inc()
         started = time.perf_counter()
-        call = ObservedCall(tracing.inject(tracing.current_span()) or None if tracing.enabled() else None)
+        call = ObservedCall((tracing.inject(tracing.current_span()) or None) if tracing.enabled() else None)
         try:
             yield call
         except (asyncio.CancelledError, GeneratorExit):  # the caller left (a stream closed early counts too)
