@@ -45,9 +45,13 @@ def test_a_job_submitted_from_node_is_watched_from_python_and_cancelled_from_the
     (tmp_path / "face.jpg").write_bytes(face)
     (tmp_path / "target.png").write_bytes(template)
     runpod.faults(hang_rate=1.0)  # the remote swap waits until it is cancelled
-    node = subprocess.Popen([node_ready(), "test/e2e/submit-and-watch.mjs", stack.addresses.gateway,
-                             str(tmp_path / "face.jpg"), str(tmp_path / "target.png")],
-                            cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node_errors = tmp_path / "node.err"
+    # stdout is read through one buffered reader to its end: communicate() would lose what the
+    # readline() below read ahead (the first event, when Node wrote it with the job id).
+    with node_errors.open("w") as errors:  # the child keeps its own copy of the file
+        node = subprocess.Popen([node_ready(), "test/e2e/submit-and-watch.mjs", stack.addresses.gateway,
+                                 str(tmp_path / "face.jpg"), str(tmp_path / "target.png")],
+                                cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
         assert node.stdout is not None
         job_id = json.loads(node.stdout.readline())["job_id"]
@@ -59,12 +63,13 @@ def test_a_job_submitted_from_node_is_watched_from_python_and_cancelled_from_the
                 if event.HasField("remote") and cancel is None:
                     cancel = subprocess.run([*cli(stack), "cancel", job_id], capture_output=True, text=True,
                                             timeout=60)
-        node_out, node_err = node.communicate(timeout=60)
+        node_out = node.stdout.read()
+        node.wait(timeout=60)
     finally:
         runpod.faults(hang_rate=0.0)
         if node.poll() is None:
             node.kill()
-    assert node.returncode == 0, node_err
+    assert node.returncode == 0, node_errors.read_text()
     assert cancel is not None and cancel.returncode == 0, cancel and cancel.stderr
     # Cancel answers the state once the job ended, or after 5 s still RUNNING (a loaded machine).
     assert cancel.stdout.strip() in ("JOB_STATE_CANCELLED", "JOB_STATE_RUNNING"), cancel.stdout
